@@ -1,0 +1,167 @@
+"""Model benchmarks: ``python -m experiments.bench {models,compile} ...``.
+
+``models``: train and inference images/s, compile time, parameters and FLOPs (XLA cost analysis)
+per model, printed as a table and appended to a CSV, with the device named in every row.
+
+    python -m experiments.bench models --models resnet20,resnet50 --batch_size 128
+
+``compile``: how compile time of a forward+backward step grows with depth, with the repeated
+blocks of a stage compiled once (``scan_blocks=True``) and unrolled (``False``).
+
+    python -m experiments.bench compile --models resnet56,resnet1202 --scan both
+
+Timing is device-only: warm-up, ``block_until_ready``, median of repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxconv
+from jaxconv import analysis
+from jaxconv.train.state import create_train_state
+from jaxconv.train.steps import make_train_step
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    kind = d.device_kind if d.platform != "cpu" else (platform.processor() or "cpu")
+    return f"{d.platform}:{kind} x{jax.device_count()} ({os.cpu_count()} host cores)"
+
+
+def time_fn(fn, *args, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn(*args)`` after warm-up, waiting for the device each time."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: str,
+                repeats: int) -> dict:
+    info = jaxconv.model_info(name)
+    h, w, c = info.input_size if image_size is None else (image_size, image_size,
+                                                          info.input_size[2])
+    shape = (batch_size, h, w, c)
+    model = jaxconv.create_model(name, dtype=jnp.dtype(dtype))
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = create_train_state(model, tx, (1, h, w, c), seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.standard_normal(shape, dtype=np.float32)),
+             "label": jnp.asarray(rng.integers(0, info.num_classes, batch_size), jnp.int32)}
+
+    step = jax.jit(make_train_step(model, tx, lambda _: 0.01, num_classes=info.num_classes))
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    train_s = time_fn(lambda s, b: compiled(s, b)[1]["loss"], state, batch, repeats=repeats)
+
+    variables = {"params": state.params, **state.model_state}
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    infer_s = time_fn(infer, variables, batch["image"], repeats=repeats)
+    return {
+        "device": device_name(), "model": name, "input": "x".join(map(str, shape)),
+        "dtype": dtype, "params": analysis.count_params(state.params),
+        "gflops_fwd_per_image": analysis.model_flops(model, (1, h, w, c)) / 1e9,
+        "compile_train_s": round(compile_s, 2),
+        "train_step_ms": round(train_s * 1e3, 1),
+        "train_img_per_s": round(batch_size / train_s, 1),
+        "infer_img_per_s": round(batch_size / infer_s, 1),
+        "jax": jax.__version__,
+    }
+
+
+def bench_compile(name: str, *, scan: bool, batch_size: int) -> dict:
+    info = jaxconv.model_info(name)
+    model = jaxconv.create_model(name, scan_blocks=scan)
+    shape = (batch_size, *info.input_size)
+    return {
+        "device": device_name(), "model": name, "scan_blocks": scan,
+        "params": analysis.count_params(analysis.init_variables(model, shape)["params"]),
+        "compile_fwd_s": round(analysis.compile_time(model, shape, train=False), 2),
+        "compile_fwd_bwd_s": round(analysis.compile_time(model, shape, train=True), 2),
+        "jax": jax.__version__,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(_fmt(r[k]).ljust(widths[k]) for k in keys))
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1 else str(v)
+
+
+def append_csv(path: str, rows: list[dict]) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _model_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        jaxconv.model_info(n)  # unknown names fail here, before any compile
+    return names
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="images/s, compile time, params, FLOPs per model")
+    m.add_argument("--models", type=_model_list, default="resnet20,resnet50")
+    m.add_argument("--batch_size", type=int, default=128)
+    m.add_argument("--image_size", type=int, default=None,
+                   help="square input size (default: each model's own)")
+    m.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    m.add_argument("--repeats", type=int, default=5)
+    m.add_argument("--csv", default="bench_models.csv")
+    c = sub.add_parser("compile", help="compile time against depth, scanned vs unrolled blocks")
+    c.add_argument("--models", type=_model_list, default="resnet20,resnet56,resnet110,resnet1202")
+    c.add_argument("--scan", choices=["on", "off", "both"], default="on")
+    c.add_argument("--batch_size", type=int, default=8)
+    c.add_argument("--csv", default="bench_compile.csv")
+    args = parser.parse_args(argv)
+
+    print(f"device: {device_name()}  jax {jax.__version__}")
+    rows = []
+    for name in args.models:
+        if args.command == "models":
+            rows.append(bench_model(name, batch_size=args.batch_size, image_size=args.image_size,
+                                    dtype=args.dtype, repeats=args.repeats))
+        else:
+            for scan in {"on": [True], "off": [False], "both": [True, False]}[args.scan]:
+                rows.append(bench_compile(name, scan=scan, batch_size=args.batch_size))
+        print(f"  done {name}", flush=True)
+    if args.command == "models":  # ratios against the first model, measured in this process
+        for r in rows:
+            r[f"train_vs_{rows[0]['model']}"] = round(r["train_img_per_s"] / rows[0]["train_img_per_s"], 3)
+    print_table(rows)
+    append_csv(args.csv, rows)
+    print(f"appended {len(rows)} rows to {args.csv}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

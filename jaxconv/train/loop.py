@@ -1,0 +1,201 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+Resumable by construction: everything a run depends on is in the checkpointed ``TrainState``
+(params, optimizer state, step, RNG) or is a pure function of the config and the step (the data
+order and augmentation), so re-running the same command continues exactly where the last
+checkpoint left off; on CPU the result is bitwise equal to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+import jaxconv
+from jaxconv import data
+from jaxconv.train import mesh as mesh_lib
+from jaxconv.train.checkpoint import Checkpointer
+from jaxconv.train.config import default_config
+from jaxconv.train.metrics import MetricsWriter
+from jaxconv.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from jaxconv.train.state import create_train_state
+from jaxconv.train.steps import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _choice(field: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"config.{field}={value!r} is not valid; choose one of {sorted(valid)}")
+
+
+def _check_keys(config, schema, prefix="config") -> None:
+    for key in config.keys():
+        if key not in schema:
+            raise ValueError(f"{prefix}.{key} is not a training config field; valid fields of "
+                             f"{prefix}: {sorted(schema.keys())}")
+        if key != "model_overrides" and hasattr(schema[key], "keys"):
+            _check_keys(config[key], schema[key], f"{prefix}.{key}")
+
+
+def validate_config(config) -> None:
+    """Checks a training config before anything heavy runs; raises ValueError naming the field.
+
+    Fields are checked against ``default_config()``; ``model_overrides`` against the model's own
+    fields (by the registry).
+    """
+    _check_keys(config, default_config())
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("schedule", config.schedule, SCHEDULES)
+    _choice("dtype", config.dtype, DTYPES)
+    _choice("dataset", config.dataset, data.list_datasets())
+    jaxconv.create_model(config.model, **config.model_overrides)  # unknown name/field -> ValueError
+    if config.batch_size <= 0 or config.batch_size % jax.device_count():
+        raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of "
+                         f"the device count ({jax.device_count()})")
+    if (config.num_train_steps or 0) <= 0 and (config.num_epochs or 0) <= 0:
+        raise ValueError("set config.num_train_steps or config.num_epochs to a positive number "
+                         f"(got {config.num_train_steps}, {config.num_epochs})")
+    for field in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
+        if config[field] < 0:
+            raise ValueError(f"config.{field}={config[field]} must be >= 0 (0 disables)")
+
+
+def build_model(config, info):
+    overrides = dict(config.model_overrides)
+    overrides.setdefault("num_classes", info.num_classes)
+    return jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def evaluate(eval_step, state, source, config, mesh) -> dict:
+    it = data.eval_iterator(source, global_batch_size=config.batch_size,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+    totals = None
+    for batch in it:
+        sums = eval_step(state, mesh_lib.global_batch(batch, mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = mesh_lib.to_host(totals)
+    count = max(float(totals["count"]), 1.0)
+    return {"eval_loss": float(totals["loss_sum"]) / count,
+            "eval_top1": float(totals["correct"]) / count, "eval_count": int(totals["count"])}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains ``config.model`` on ``config.dataset``; returns the final metrics row."""
+    validate_config(config)
+    info = data.dataset_info(config.dataset)
+    model = build_model(config, info)
+    augment = data.AugmentConfig(**config.augment)
+    train_src = data.get_source(config.dataset, config.train_split or info.train_split,
+                                data_dir=config.data_dir)
+    eval_src = data.get_source(config.dataset, config.eval_split or info.eval_split,
+                               data_dir=config.data_dir)
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
+                         f"processes ({jax.process_count()})")
+    steps_per_epoch = len(train_src) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config.batch_size={config.batch_size} is larger than the training split "
+                         f"({len(train_src)} examples)")
+    total_steps = int(config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch))
+
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    mesh = mesh_lib.make_data_mesh()
+    repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+    tx, schedule = make_optimizer(config, total_steps)
+    state = create_train_state(model, tx, (1, *info.image_shape), config.seed)
+    state = jax.device_put(state, repl)
+
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    state = checkpointer.restore_latest(state)
+    start_step = int(mesh_lib.to_host(state.step))
+    writer = MetricsWriter(workdir, enabled=is_main)
+    writer.truncate_after(start_step)
+    if start_step:
+        log.info("resuming from step %d in %s", start_step, workdir)
+
+    # No buffer donation on CPU: there a checkpoint being written in the background may still
+    # alias the state's host buffers, and CPU runs are small enough not to need it.
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    train_step = jax.jit(make_train_step(model, tx, schedule, num_classes=info.num_classes,
+                                         label_smoothing=config.label_smoothing),
+                         in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
+                         donate_argnums=donate)
+    eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes),
+                        in_shardings=(repl, batch_sh), out_shardings=repl)
+
+    batches = data.train_iterator(
+        train_src, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+        augment=augment, process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=config.num_data_threads)
+
+    summary = {"step": start_step}
+    pending = []                          # per-step device metrics since the last flush
+    interval_start, interval_steps = time.perf_counter(), 0
+    run_start = time.perf_counter()
+    bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main, unit="step",
+                    dynamic_ncols=True, mininterval=1.0, desc=f"{config.model} on {config.dataset}")
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            state, metrics = train_step(state, mesh_lib.global_batch(next(batches), mesh))
+            pending.append(metrics)
+            interval_steps += 1
+            bar.update(1)
+            eval_due = _due(step, config.eval_every_steps, total_steps)
+            ckpt_due = _due(step, config.checkpoint_every_steps, total_steps)
+            if _due(step, config.log_every_steps, total_steps) or eval_due or ckpt_due:
+                # Fetching checks every pending step for a non-finite loss before anything is
+                # saved, so no checkpoint ever holds a diverged state.
+                host = mesh_lib.to_host(pending)
+                first_bad = next((step - len(host) + 1 + i for i, m in enumerate(host)
+                                  if not np.isfinite(m["loss"])), None)
+                if first_bad is not None:
+                    raise FloatingPointError(
+                        f"non-finite training loss at step {first_bad} ({config.model} on "
+                        f"{config.dataset}); the last good checkpoint in "
+                        f"{checkpointer.directory} (step {checkpointer.latest_step()}) is intact")
+                elapsed = time.perf_counter() - interval_start
+                row = {"step": step, "epoch": step / steps_per_epoch,
+                       **{k: float(np.mean([m[k] for m in host])) for k in host[0]},
+                       "images_per_sec": interval_steps * config.batch_size / elapsed,
+                       "wall_time": time.perf_counter() - run_start}
+                pending.clear()
+                if eval_due:
+                    row.update(evaluate(eval_step, state, eval_src, config, mesh))
+                writer.write(row)
+                summary = row
+                bar.set_postfix(loss=f"{row['loss']:.3f}", top1=f"{row['top1']:.3f}",
+                                **({"eval_top1": f"{row['eval_top1']:.3f}"} if eval_due else {}))
+                if ckpt_due:
+                    checkpointer.save(state)
+                interval_start, interval_steps = time.perf_counter(), 0
+    finally:
+        bar.close()
+        checkpointer.close()
+    if "eval_top1" not in summary:  # nothing left to train (a finished run re-run): report anyway
+        summary.update(evaluate(eval_step, state, eval_src, config, mesh))
+    summary = dict(summary, model=config.model, dataset=config.dataset,
+                   num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+                   run_wall_time=time.perf_counter() - run_start)
+    if is_main:
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+    return summary

@@ -1,0 +1,31 @@
+"""The train state: everything a resumed run needs besides the data position (which is the step)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array                 # int32 scalar: optimizer steps taken
+    params: Any
+    model_state: Any                # non-param collections, e.g. {"batch_stats": ...}
+    opt_state: Any
+    rng: jax.Array                  # raw uint32 key; per-step keys are fold_in(rng, step)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, input_shape, seed: int) -> TrainState:
+    """Initializes parameters with the model's own initializers (jitted once, on the default device)."""
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+
+    @jax.jit
+    def init():
+        variables = dict(model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False))
+        params = variables.pop("params")
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                          opt_state=tx.init(params), rng=train_rng)
+
+    return init()

@@ -1,0 +1,62 @@
+"""Jittable train and eval steps (cross-entropy classification)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxconv.train.state import TrainState
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
+        if label_smoothing else jax.nn.one_hot(labels, num_classes)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_classes: int,
+                    label_smoothing: float = 0.0):
+    """Returns ``step(state, batch) -> (state, metrics)``; BN statistics are over the global batch
+    because the batch is one logical array sharded over the mesh."""
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        mutable = list(state.model_state.keys())
+
+        def loss_fn(params):
+            out = model.apply({"params": params, **state.model_state}, batch["image"], train=True,
+                              mutable=mutable, rngs={"dropout": rng})
+            logits, new_model_state = out if mutable else (out, {})
+            loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
+            return loss, (logits, new_model_state)
+
+        (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "learning_rate": schedule(state.step),
+            "grad_norm": optax.global_norm(grads),
+        }
+        new_state = state.replace(step=state.step + 1, params=params,
+                                  model_state=dict(new_model_state), opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(model, *, num_classes: int):
+    """Returns ``step(state, batch) -> sums``; padded rows (mask False) count for nothing."""
+
+    def step(state: TrainState, batch):
+        logits = model.apply({"params": state.params, **state.model_state}, batch["image"],
+                             train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        loss = cross_entropy(logits, batch["label"], num_classes)
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
+                "count": jnp.sum(mask)}
+
+    return step
