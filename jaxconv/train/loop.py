@@ -106,10 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.batch_size % jax.process_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of "
                          f"processes ({jax.process_count()})")
-    steps_per_epoch = len(train_src) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"config.batch_size={config.batch_size} is larger than the training split "
-                         f"({len(train_src)} examples)")
+    steps_per_epoch = data.steps_per_epoch(len(train_src), config.batch_size)  # may be fractional
     total_steps = int(config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch))
 
     is_main = jax.process_index() == 0
