@@ -80,10 +80,17 @@ def load_checkpoint(workdir: str, step: int | None = None) -> tuple[int, dict]:
     **s["model_state"]}, x)``.
     """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-            read_only=True)) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {directory}")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, jax.tree.map(np.asarray, restored["state"])
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) \
+        if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint under {directory}")
+    step = steps[-1] if step is None else step
+    path = os.path.join(directory, str(step), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    # Target every array at this process's first device, whatever topology wrote it (a pod
+    # slice's checkpoint reads fine in a notebook).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    state = checkpointer.restore(path, target)
+    return step, jax.tree.map(np.asarray, state)

@@ -38,7 +38,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
             "loss": loss,
             "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "learning_rate": schedule(state.step),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         new_state = state.replace(step=state.step + 1, params=params,
                                   model_state=dict(new_model_state), opt_state=opt_state)
