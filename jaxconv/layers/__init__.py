@@ -1,0 +1,27 @@
+"""Reusable building blocks shared by the model families."""
+
+from jaxconv.layers.conv import (
+    conv2d,
+    dense,
+    kaiming_normal_fan_out,
+    loop_safe_conv,
+    torch_linear_init,
+)
+from jaxconv.layers.dtypes import COMPUTE_DTYPES, canonical_dtype
+from jaxconv.layers.norm import BN_EPSILON, BN_MOMENTUM, batch_norm
+from jaxconv.layers.regularization import DropPath, drop_path_rates
+
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "COMPUTE_DTYPES",
+    "DropPath",
+    "batch_norm",
+    "canonical_dtype",
+    "conv2d",
+    "dense",
+    "drop_path_rates",
+    "kaiming_normal_fan_out",
+    "loop_safe_conv",
+    "torch_linear_init",
+]

@@ -1,0 +1,9 @@
+"""Model families. Importing this package registers every model (one module per family).
+
+Add a family by importing its module here.
+"""
+
+from jaxconv.models import resnet
+from jaxconv.models.resnet import ResNet
+
+__all__ = ["ResNet", "resnet"]

@@ -1,0 +1,510 @@
+"""ResNets: CIFAR (He et al. 2016), pre-activation CIFAR (He et al. 2016b), ImageNet (timm names).
+
+One module, :class:`ResNet`, covers the three families; the registered builders at the bottom
+fix its structural fields. Fork a block class to try a new residual unit.
+
+Parameter layout (``variables["params"]``; ``batch_stats`` mirrors it for the BatchNorms)::
+
+    conv1, bn1                 stem (pre-activation models have no bn1)
+    layer{s}_{b}               block b of stage s (s from 1, b from 0), unrolled
+    layer{s}_scan              with ``scan_blocks=True``: blocks 1..n-1 of stage s stacked on a
+                               leading axis (index i <-> unrolled ``layer{s}_{i+1}``)
+        conv1 bn1 conv2 bn2 [conv3 bn3] [downsample_conv downsample_bn]
+    final_bn                   pre-activation models only: BN-ReLU before pooling
+    fc                         classifier (kernel [C, num_classes], bias)
+
+With ``scan_blocks=False`` the tree is 1:1 with timm/torchvision modules (``layer1.0.conv1`` ->
+``layer1_0/conv1``, ``layer1.0.downsample.0/1`` -> ``layer1_0/downsample_conv``/``downsample_bn``).
+:func:`stack_scanned_blocks` / :func:`unstack_scanned_blocks` convert variables between the two
+layouts. Stage outputs are sown as ``intermediates/stage{i}`` (i from 0, a 1-tuple, Flax's
+``sow`` convention), outside any scan.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, dense, drop_path_rates
+from jaxconv.registry import register_model
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "ResNet",
+    "stack_scanned_blocks",
+    "unstack_scanned_blocks",
+]
+
+SHORTCUTS = ("A", "B")
+STEMS = ("imagenet", "cifar")
+
+
+# ----------------------------------------------------------------------------------- blocks
+
+
+class _Block(nn.Module):
+    """Fields shared by all residual blocks.
+
+    ``features`` is the bottleneck (or basic) width; the block outputs
+    ``features * expansion`` channels. ``train`` is a field rather than a call argument so the
+    block can be the body of ``nn.scan`` (whose scanned inputs must be arrays).
+    ``loop_safe_conv`` computes the convs with :func:`jaxconv.layers.loop_safe_conv` (set for
+    blocks inside ``nn.scan``: keeps their CPU backward fast, at the cost of forward-mode AD).
+    """
+
+    features: int
+    strides: int = 1
+    shortcut: str = "B"
+    zero_init_last: bool = False
+    use_drop_path: bool = False
+    train: bool = False
+    dtype: Any = jnp.float32
+    loop_safe_conv: bool = False
+
+    expansion: ClassVar[int] = 1
+    preact: ClassVar[bool] = False
+
+    def _conv(self, features, kernel_size, strides=1, *, name, zero_init=False):
+        kwargs = {"kernel_init": nn.initializers.zeros} if zero_init else {}
+        return conv2d(features, kernel_size, strides, dtype=self.dtype,
+                      loop_safe=self.loop_safe_conv, name=name, **kwargs)
+
+    def _bn(self, name, zero_init=False):
+        return batch_norm(self.train, dtype=self.dtype, zero_init=zero_init, name=name)
+
+    def _needs_projection(self, x) -> bool:
+        return self.strides != 1 or x.shape[-1] != self.features * self.expansion
+
+    def _option_a(self, x):
+        """Parameter-free shortcut: stride subsampling, channels zero-padded on both sides."""
+        if self.strides != 1:
+            x = x[:, :: self.strides, :: self.strides, :]
+        extra = self.features * self.expansion - x.shape[-1]
+        if extra < 0:
+            raise ValueError("option-A shortcut cannot reduce channels; use shortcut='B'")
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+    def _drop_path(self, h, rate):
+        if not self.use_drop_path:
+            return h
+        return DropPath(name="drop_path")(h, deterministic=not self.train, rate=rate)
+
+    def _postact_shortcut(self, x):
+        if not self._needs_projection(x):
+            return x
+        if self.shortcut == "A":
+            return self._option_a(x)
+        out = self.features * self.expansion
+        x = self._conv(out, 1, self.strides, name="downsample_conv")(x)
+        return self._bn("downsample_bn")(x)
+
+    def _preact_shortcut(self, x, x_act):
+        """Identity on the raw input; a projection (1x1 conv) sees the pre-activated input."""
+        if not self._needs_projection(x):
+            return x
+        if self.shortcut == "A":
+            return self._option_a(x)
+        return self._conv(self.features * self.expansion, 1, self.strides,
+                          name="downsample_conv")(x_act)
+
+
+class BasicBlock(_Block):
+    """conv3x3(stride)-BN-ReLU-conv3x3-BN, + shortcut, ReLU (He et al. 2016; timm BasicBlock).
+
+    ``zero_init_last``: bn2's scale starts at 0, so the block starts as ReLU(shortcut).
+    """
+
+    @nn.compact
+    def __call__(self, x, drop_path_rate=0.0):
+        h = self._conv(self.features, 3, self.strides, name="conv1")(x)
+        h = nn.relu(self._bn("bn1")(h))
+        h = self._conv(self.features, 3, name="conv2")(h)
+        h = self._bn("bn2", zero_init=self.zero_init_last)(h)
+        h = self._drop_path(h, drop_path_rate)
+        return nn.relu(self._postact_shortcut(x) + h)
+
+
+class Bottleneck(_Block):
+    """conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1-BN, + shortcut, ReLU (ResNet v1.5).
+
+    ``zero_init_last``: bn3's scale starts at 0, so the block starts as ReLU(shortcut).
+    """
+
+    expansion: ClassVar[int] = 4
+
+    @nn.compact
+    def __call__(self, x, drop_path_rate=0.0):
+        h = self._conv(self.features, 1, name="conv1")(x)
+        h = nn.relu(self._bn("bn1")(h))
+        h = self._conv(self.features, 3, self.strides, name="conv2")(h)
+        h = nn.relu(self._bn("bn2")(h))
+        h = self._conv(self.features * self.expansion, 1, name="conv3")(h)
+        h = self._bn("bn3", zero_init=self.zero_init_last)(h)
+        h = self._drop_path(h, drop_path_rate)
+        return nn.relu(self._postact_shortcut(x) + h)
+
+
+class PreActBasicBlock(_Block):
+    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, + shortcut (He et al. 2016b, full pre-activation).
+
+    ``zero_init_last``: the branch ends in a conv, not a BN, so the equivalent of zero-initialising
+    the last BN is zero-initialising conv2's kernel; the block starts as its shortcut.
+    """
+
+    preact: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x, drop_path_rate=0.0):
+        x_act = nn.relu(self._bn("bn1")(x))
+        shortcut = self._preact_shortcut(x, x_act)
+        h = self._conv(self.features, 3, self.strides, name="conv1")(x_act)
+        h = nn.relu(self._bn("bn2")(h))
+        h = self._conv(self.features, 3, name="conv2", zero_init=self.zero_init_last)(h)
+        return shortcut + self._drop_path(h, drop_path_rate)
+
+
+class PreActBottleneck(_Block):
+    """BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1, + shortcut (He et al. 2016b).
+
+    Stride sits on the 3x3 conv (as in ResNet v1.5). ``zero_init_last`` zero-initialises conv3's
+    kernel (see :class:`PreActBasicBlock`).
+    """
+
+    expansion: ClassVar[int] = 4
+    preact: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x, drop_path_rate=0.0):
+        x_act = nn.relu(self._bn("bn1")(x))
+        shortcut = self._preact_shortcut(x, x_act)
+        h = self._conv(self.features, 1, name="conv1")(x_act)
+        h = nn.relu(self._bn("bn2")(h))
+        h = self._conv(self.features, 3, self.strides, name="conv2")(h)
+        h = nn.relu(self._bn("bn3")(h))
+        h = self._conv(self.features * self.expansion, 1, name="conv3",
+                       zero_init=self.zero_init_last)(h)
+        return shortcut + self._drop_path(h, drop_path_rate)
+
+
+BLOCKS: dict[str, type[_Block]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "preact_basic": PreActBasicBlock,
+    "preact_bottleneck": PreActBottleneck,
+}
+
+
+def _scan_body(block, x, drop_path_rate):
+    return block(x, drop_path_rate), None
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+class ResNet(nn.Module):
+    """Residual network over NHWC inputs; returns float32 logits ``[B, num_classes]``.
+
+    Fields:
+      stage_sizes: blocks per stage. Stage 0 has stride 1, later stages stride 2.
+      block: one of :data:`BLOCKS` (``basic``, ``bottleneck``, ``preact_basic``,
+        ``preact_bottleneck``).
+      widths: base width per stage (block output = width * expansion).
+      stem: ``imagenet`` (7x7/2 conv, [BN-ReLU], 3x3/2 max pool, padding 1) or ``cifar``
+        (3x3 conv, [BN-ReLU]); pre-activation models have no BN-ReLU in the stem.
+      stem_width: stem conv channels.
+      shortcut: ``A`` (parameter-free: subsample + zero-pad channels) or ``B`` (1x1 conv [+ BN]
+        where the shape changes, identity otherwise).
+      num_classes, dtype (compute dtype; parameters are float32), drop_path_rate (stochastic
+        depth, linear over all blocks from 0 to this value).
+      zero_init_last_bn: zero-init the last BN scale of each residual branch (for pre-activation
+        blocks, the last conv's kernel), so every block starts as (ReLU of) its shortcut.
+        Registered defaults: True for the ImageNet models (timm's default), False for the CIFAR
+        and pre-activation models (as in the papers).
+      scan_blocks: compile the identical blocks 1..n-1 of each stage once with ``nn.scan``
+        (compile time independent of depth). The scanned blocks' convs use
+        :func:`jaxconv.layers.loop_safe_conv` (XLA:CPU runs JAX's backward convs inside a loop
+        ~10x slower otherwise), so forward-mode AD (``jax.jvp``/``jacfwd``) needs
+        ``scan_blocks=False``. The parameter tree differs (see the module docstring).
+    """
+
+    stage_sizes: Sequence[int]
+    block: str = "basic"
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem: str = "imagenet"
+    stem_width: int = 64
+    shortcut: str = "B"
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+    drop_path_rate: float = 0.0
+    zero_init_last_bn: bool = True
+    scan_blocks: bool = False
+
+    def __post_init__(self):
+        # Normalise before Flax freezes the instance: tuples keep the module hashable and
+        # dtype strings ('bfloat16') become dtypes.
+        object.__setattr__(self, "stage_sizes", _positive_ints("stage_sizes", self.stage_sizes))
+        object.__setattr__(self, "widths", _positive_ints("widths", self.widths))
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        if len(self.stage_sizes) != len(self.widths):
+            raise ValueError(
+                f"stage_sizes {self.stage_sizes} and widths {self.widths} must have equal length"
+            )
+        _check_choice("block", self.block, BLOCKS)
+        _check_choice("stem", self.stem, STEMS)
+        _check_choice("shortcut", self.shortcut, SHORTCUTS)
+        _positive_ints("stem_width", (self.stem_width,))
+        _positive_ints("num_classes", (self.num_classes,))
+        rate = self.drop_path_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"drop_path_rate must be a float in [0, 1), got {rate!r}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        block_cls = BLOCKS[self.block]
+        x = jnp.asarray(x, self.dtype)
+
+        # Stem.
+        k, s = (7, 2) if self.stem == "imagenet" else (3, 1)
+        x = conv2d(self.stem_width, k, s, dtype=self.dtype, name="conv1")(x)
+        if not block_cls.preact:
+            x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+        # Stages.
+        rates = drop_path_rates(self.drop_path_rate, sum(self.stage_sizes))
+        first = 0
+        for stage, (n, width) in enumerate(zip(self.stage_sizes, self.widths)):
+
+            def make(name, strides=1, width=width, in_scan=False):
+                return block_cls(
+                    features=width,
+                    strides=strides,
+                    shortcut=self.shortcut,
+                    zero_init_last=self.zero_init_last_bn,
+                    use_drop_path=self.drop_path_rate > 0,
+                    train=train,
+                    dtype=self.dtype,
+                    loop_safe_conv=in_scan,
+                    name=name,
+                )
+
+            x = make(f"layer{stage + 1}_0", strides=1 if stage == 0 else 2)(x, rates[first])
+            if n > 1 and self.scan_blocks:
+                scan = nn.scan(
+                    _scan_body,
+                    variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    length=n - 1,
+                )
+                stage_rates = jnp.asarray(rates[first + 1 : first + n], jnp.float32)
+                x, _ = scan(make(f"layer{stage + 1}_scan", in_scan=True), x, stage_rates)
+            else:
+                for b in range(1, n):
+                    x = make(f"layer{stage + 1}_{b}")(x, rates[first + b])
+            first += n
+            self.sow("intermediates", f"stage{stage}", x)
+
+        # Head.
+        if block_cls.preact:
+            x = nn.relu(batch_norm(train, dtype=self.dtype, name="final_bn")(x))
+        x = jnp.mean(x, axis=(1, 2))
+        x = dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return jnp.asarray(x, jnp.float32)
+
+
+def _positive_ints(field: str, values) -> tuple[int, ...]:
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0
+                         for v in values):
+        raise ValueError(f"{field} must be positive ints, got {values!r}")
+    return tuple(int(v) for v in values)
+
+
+def _check_choice(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {list(choices)}, got {value!r}")
+
+
+# --------------------------------------------------------------- scanned <-> unrolled layout
+
+_UNROLLED = re.compile(r"^layer(\d+)_(\d+)$")
+_SCANNED = re.compile(r"^layer(\d+)_scan$")
+
+
+def unstack_scanned_blocks(variables: dict) -> dict:
+    """Variables of a ``scan_blocks=True`` ResNet -> the layout of ``scan_blocks=False``.
+
+    Works on a full variables dict (``{"params": ..., "batch_stats": ...}``) or a single
+    collection; ``layer{s}_scan`` entries (leading axis = block) become ``layer{s}_{1..n-1}``.
+    """
+    if _is_variables(variables):
+        return {col: unstack_scanned_blocks(tree) for col, tree in variables.items()}
+    out = {}
+    for key, sub in variables.items():
+        m = _SCANNED.match(key)
+        if m is None:
+            out[key] = sub
+            continue
+        n = _leading_dim(sub)
+        for i in range(n):
+            out[f"layer{m.group(1)}_{i + 1}"] = jax.tree.map(lambda a, i=i: a[i], sub)
+    return out
+
+
+def stack_scanned_blocks(variables: dict) -> dict:
+    """Inverse of :func:`unstack_scanned_blocks`: stack ``layer{s}_{1..}`` into ``layer{s}_scan``."""
+    if _is_variables(variables):
+        return {col: stack_scanned_blocks(tree) for col, tree in variables.items()}
+    out, stacks = {}, {}
+    for key, sub in variables.items():
+        m = _UNROLLED.match(key)
+        if m is None or m.group(2) == "0":
+            out[key] = sub
+        else:
+            stacks.setdefault(m.group(1), {})[int(m.group(2))] = sub
+    for stage, blocks in stacks.items():
+        if sorted(blocks) != list(range(1, len(blocks) + 1)):
+            raise ValueError(f"stage {stage}: blocks {sorted(blocks)} are not 1..n-1")
+        ordered = [blocks[i] for i in range(1, len(blocks) + 1)]
+        out[f"layer{stage}_scan"] = jax.tree.map(lambda *xs: jnp.stack(xs), *ordered)
+    return out
+
+
+def _is_variables(tree: dict) -> bool:
+    return any(k in tree for k in ("params", "batch_stats"))
+
+
+def _leading_dim(tree) -> int:
+    return int(jax.tree.leaves(tree)[0].shape[0])
+
+
+# --------------------------------------------------------------------------------- registry
+
+_RESNET_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition, arXiv:1512.03385"
+_PREACT_PAPER = "He et al. 2016, Identity Mappings in Deep Residual Networks, arXiv:1603.05027"
+
+
+def _cifar(depth: int, block: str, overrides: dict) -> ResNet:
+    preact_bottleneck = block == "preact_bottleneck"
+    per_stage = (depth - 2) // (9 if preact_bottleneck else 6)
+    defaults = dict(
+        stage_sizes=(per_stage,) * 3,
+        block=block,
+        widths=(16, 32, 64),
+        stem="cifar",
+        stem_width=16,
+        shortcut="B" if block.startswith("preact") else "A",
+        num_classes=10,
+        zero_init_last_bn=False,
+        scan_blocks=True,
+    )
+    return ResNet(**{**defaults, **overrides})
+
+
+def _imagenet(stage_sizes, block: str, overrides: dict) -> ResNet:
+    defaults = dict(stage_sizes=stage_sizes, block=block, scan_blocks=False)
+    return ResNet(**{**defaults, **overrides})
+
+
+def _register_cifar(paper):
+    return register_model(family="resnet", paper=paper, input_size=(32, 32, 3), num_classes=10)
+
+
+def _register_imagenet():
+    return register_model(
+        family="resnet", paper=_RESNET_PAPER, input_size=(224, 224, 3), num_classes=1000
+    )
+
+
+@_register_cifar(_RESNET_PAPER)
+def resnet20(**overrides) -> ResNet:
+    """ResNet-20 for CIFAR (He et al. 2016 §4.2, n=3, option-A shortcuts), 0.27M params."""
+    return _cifar(20, "basic", overrides)
+
+
+@_register_cifar(_RESNET_PAPER)
+def resnet32(**overrides) -> ResNet:
+    """ResNet-32 for CIFAR (He et al. 2016 §4.2, n=5, option-A shortcuts), 0.46M params."""
+    return _cifar(32, "basic", overrides)
+
+
+@_register_cifar(_RESNET_PAPER)
+def resnet44(**overrides) -> ResNet:
+    """ResNet-44 for CIFAR (He et al. 2016 §4.2, n=7, option-A shortcuts), 0.66M params."""
+    return _cifar(44, "basic", overrides)
+
+
+@_register_cifar(_RESNET_PAPER)
+def resnet56(**overrides) -> ResNet:
+    """ResNet-56 for CIFAR (He et al. 2016 §4.2, n=9, option-A shortcuts), 0.85M params."""
+    return _cifar(56, "basic", overrides)
+
+
+@_register_cifar(_RESNET_PAPER)
+def resnet110(**overrides) -> ResNet:
+    """ResNet-110 for CIFAR (He et al. 2016 §4.2, n=18, option-A shortcuts), 1.7M params."""
+    return _cifar(110, "basic", overrides)
+
+
+@_register_cifar(_RESNET_PAPER)
+def resnet1202(**overrides) -> ResNet:
+    """ResNet-1202 for CIFAR (He et al. 2016 §4.2, n=200, option-A shortcuts), 19.4M params."""
+    return _cifar(1202, "basic", overrides)
+
+
+@_register_cifar(_PREACT_PAPER)
+def preact_resnet110(**overrides) -> ResNet:
+    """Pre-activation ResNet-110 for CIFAR (He et al. 2016b, basic blocks), 1.7M params."""
+    return _cifar(110, "preact_basic", overrides)
+
+
+@_register_cifar(_PREACT_PAPER)
+def preact_resnet164(**overrides) -> ResNet:
+    """Pre-activation ResNet-164 for CIFAR (He et al. 2016b, bottleneck blocks), 1.7M params."""
+    return _cifar(164, "preact_bottleneck", overrides)
+
+
+@_register_cifar(_PREACT_PAPER)
+def preact_resnet1001(**overrides) -> ResNet:
+    """Pre-activation ResNet-1001 for CIFAR (He et al. 2016b, bottleneck blocks), 10.2M params."""
+    return _cifar(1001, "preact_bottleneck", overrides)
+
+
+@_register_imagenet()
+def resnet18(**overrides) -> ResNet:
+    """ResNet-18 (timm/torchvision structure), 11,689,512 params."""
+    return _imagenet((2, 2, 2, 2), "basic", overrides)
+
+
+@_register_imagenet()
+def resnet34(**overrides) -> ResNet:
+    """ResNet-34 (timm/torchvision structure), 21,797,672 params."""
+    return _imagenet((3, 4, 6, 3), "basic", overrides)
+
+
+@_register_imagenet()
+def resnet50(**overrides) -> ResNet:
+    """ResNet-50 v1.5 (timm/torchvision structure, stride on the 3x3), 25,557,032 params."""
+    return _imagenet((3, 4, 6, 3), "bottleneck", overrides)
+
+
+@_register_imagenet()
+def resnet101(**overrides) -> ResNet:
+    """ResNet-101 v1.5 (timm/torchvision structure, stride on the 3x3), 44,549,160 params."""
+    return _imagenet((3, 4, 23, 3), "bottleneck", overrides)
+
+
+@_register_imagenet()
+def resnet152(**overrides) -> ResNet:
+    """ResNet-152 v1.5 (timm/torchvision structure, stride on the 3x3), 60,192,808 params."""
+    return _imagenet((3, 8, 36, 3), "bottleneck", overrides)

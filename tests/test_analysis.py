@@ -1,0 +1,136 @@
+"""jaxconv.analysis: parameter counts, FLOPs, compile time."""
+
+from __future__ import annotations
+
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxconv
+from jaxconv.analysis import compile_time, count_params, init_variables, model_flops
+
+
+class TinyDense(nn.Module):
+    """Convention-following model: flatten -> Dense(4) -> Dense(num_classes)."""
+
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes)(nn.relu(nn.Dense(4)(x)))
+
+
+class SingleConv(nn.Module):
+    features: int = 8
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "VALID"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Conv(self.features, (self.kernel,) * 2, strides=self.stride,
+                       padding=self.padding, use_bias=False)(x)
+
+
+class SingleDense(nn.Module):
+    features: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(self.features)(x)
+
+
+class LoopModel(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        w = self.param("w", nn.initializers.ones, (x.shape[-1], x.shape[-1]))
+        return jax.lax.fori_loop(0, 10, lambda i, h: h @ w, x)
+
+
+def test_count_params_by_hand():
+    # 2x2x1 input -> 4 features: Dense(4): 4*4 + 4 = 20; Dense(3): 4*3 + 3 = 15.
+    variables = init_variables(TinyDense(), (1, 2, 2, 1))
+    assert count_params(variables["params"]) == 35
+    concrete = TinyDense().init(jax.random.key(0), jnp.ones((1, 2, 2, 1)))
+    assert count_params(concrete["params"]) == 35
+    assert count_params({"a": np.zeros((2, 3)), "b": [jnp.ones(5), 1.0]}) == 12
+    assert count_params({}) == 0
+
+
+def test_init_variables_is_abstract():
+    variables = init_variables(jaxconv.create_model("resnet20"), (8, 32, 32, 3))
+    leaves = jax.tree.leaves(variables)
+    assert leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+    assert set(variables) == {"params", "batch_stats"}
+    with pytest.raises(ValueError, match="B, H, W, C"):
+        init_variables(TinyDense(), (2, 2, 1))
+
+
+@pytest.mark.parametrize(
+    "module, shape, expected",
+    [
+        # 2 * B * Ho * Wo * k*k * Cin * Cout, VALID so no tap falls in padding.
+        (SingleConv(), (2, 16, 16, 4), 2 * 2 * 14 * 14 * 9 * 4 * 8),
+        (SingleConv(kernel=1, stride=2), (2, 16, 16, 4), 2 * 2 * 8 * 8 * 1 * 4 * 8),
+        # 2 * B * in * out multiply-adds + B * out bias adds.
+        (SingleDense(), (4, 1, 1, 32), 2 * 4 * 32 * 10 + 4 * 10),
+    ],
+)
+def test_model_flops_by_hand(module, shape, expected):
+    assert model_flops(module, shape) == pytest.approx(expected, rel=0.03)
+
+
+def test_model_flops_excludes_padding_taps():
+    """Documented XLA convention: 'SAME' padding taps are not counted."""
+    same = model_flops(SingleConv(padding="SAME"), (1, 8, 8, 4))
+    all_taps = 2 * 8 * 8 * 9 * 4 * 8
+    valid_taps = 2 * (3 * 8 - 2) ** 2 * 4 * 8  # per axis: 3 taps x 8 outputs minus 2 in padding
+    assert same == pytest.approx(valid_taps, rel=0.03) and same < all_taps
+
+
+def _valid_taps(n_in: int, stride: int, k: int = 3, pad: int = 1) -> int:
+    """(output position, kernel tap) pairs along one axis that read real input, not padding."""
+    n_out = (n_in + 2 * pad - k) // stride + 1
+    return sum(0 <= o * stride - pad + t < n_in for o in range(n_out) for t in range(k))
+
+
+def test_model_flops_resnet20_by_hand_and_scanned_counts_every_block():
+    scanned = model_flops(jaxconv.create_model("resnet20"), (1, 32, 32, 3))
+    unrolled = model_flops(jaxconv.create_model("resnet20", scan_blocks=False), (1, 32, 32, 3))
+    assert scanned == unrolled
+    # (input size, stride, Cin, Cout) of resnet20's 3x3 convs; fc is 64 -> 10.
+    convs = ([(32, 1, 3, 16)] + [(32, 1, 16, 16)] * 6 + [(32, 2, 16, 32)] + [(16, 1, 32, 32)] * 5
+             + [(16, 2, 32, 64)] + [(8, 1, 64, 64)] * 5)
+    all_taps = sum(((n - 1) // s + 1) ** 2 * 9 * ci * co for n, s, ci, co in convs) + 640
+    assert all_taps == 40_551_040  # the usual "41M multiply-adds" of ResNet-20
+    valid = sum(_valid_taps(n, s) ** 2 * ci * co for n, s, ci, co in convs) + 640
+    # 2 FLOPs per multiply-add of real taps, plus ~1% for BN/ReLU/add/pool.
+    assert 1.0 <= scanned / (2 * valid + 10) < 1.03
+    assert model_flops(jaxconv.create_model("resnet20"), (4, 32, 32, 3)) == pytest.approx(
+        4 * scanned, rel=0.01
+    )
+
+
+def test_model_flops_warns_on_loops():
+    with pytest.warns(UserWarning, match="loop"):
+        model_flops(LoopModel(), (1, 1, 1, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model_flops(SingleDense(), (1, 1, 1, 8))
+
+
+def test_model_flops_train_mode():
+    model = jaxconv.create_model("resnet20", stage_sizes=(1, 1, 1))
+    eval_flops = model_flops(model, (2, 16, 16, 3))
+    train_flops = model_flops(model, (2, 16, 16, 3), train=True)
+    assert train_flops > eval_flops > 0  # batch statistics cost extra reductions
+
+
+def test_compile_time_positive():
+    assert compile_time(TinyDense(), (2, 2, 2, 1), train=False) > 0
+    assert compile_time(TinyDense(), (2, 2, 2, 1), train=True) > 0
