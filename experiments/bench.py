@@ -15,6 +15,7 @@ Timing is device-only: warm-up, ``block_until_ready``, median of repeats.
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import os
 import platform
@@ -51,12 +52,12 @@ def time_fn(fn, *args, repeats: int, warmup: int = 1) -> float:
 
 
 def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: str,
-                repeats: int) -> dict:
+                repeats: int, overrides: dict) -> dict:
     info = jaxconv.model_info(name)
     h, w, c = info.input_size if image_size is None else (image_size, image_size,
                                                           info.input_size[2])
     shape = (batch_size, h, w, c)
-    model = jaxconv.create_model(name, dtype=jnp.dtype(dtype))
+    model = jaxconv.create_model(name, dtype=jnp.dtype(dtype), **overrides)
     tx = optax.sgd(0.01, momentum=0.9)
     state = create_train_state(model, tx, (1, h, w, c), seed=0)
     rng = np.random.default_rng(0)
@@ -73,8 +74,9 @@ def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: st
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
     infer_s = time_fn(infer, variables, batch["image"], repeats=repeats)
     return {
-        "device": device_name(), "model": name, "input": "x".join(map(str, shape)),
-        "dtype": dtype, "params": analysis.count_params(state.params),
+        "device": device_name(), "model": name,
+        "overrides": ",".join(f"{k}={v}" for k, v in overrides.items()) or "-",
+        "input": "x".join(map(str, shape)), "dtype": dtype, "params": analysis.count_params(state.params),
         "gflops_fwd_per_image": analysis.model_flops(model, (1, h, w, c)) / 1e9,
         "compile_train_s": round(compile_s, 2),
         "train_step_ms": round(train_s * 1e3, 1),
@@ -125,6 +127,20 @@ def _model_list(text: str) -> list[str]:
     return names
 
 
+def _overrides(text: str) -> dict:
+    """'scan_blocks=False,drop_path_rate=0.1' -> {'scan_blocks': False, 'drop_path_rate': 0.1}."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,6 +152,8 @@ def main(argv=None) -> list[dict]:
                    help="square input size (default: each model's own)")
     m.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     m.add_argument("--repeats", type=int, default=5)
+    m.add_argument("--model_overrides", type=_overrides, default={},
+                   help="model fields for every model, e.g. scan_blocks=False")
     m.add_argument("--csv", default="bench_models.csv")
     c = sub.add_parser("compile", help="compile time against depth, scanned vs unrolled blocks")
     c.add_argument("--models", type=_model_list, default="resnet20,resnet56,resnet110,resnet1202")
@@ -149,7 +167,8 @@ def main(argv=None) -> list[dict]:
     for name in args.models:
         if args.command == "models":
             rows.append(bench_model(name, batch_size=args.batch_size, image_size=args.image_size,
-                                    dtype=args.dtype, repeats=args.repeats))
+                                    dtype=args.dtype, repeats=args.repeats,
+                                    overrides=args.model_overrides))
         else:
             for scan in {"on": [True], "off": [False], "both": [True, False]}[args.scan]:
                 rows.append(bench_compile(name, scan=scan, batch_size=args.batch_size))
