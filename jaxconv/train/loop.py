@@ -76,6 +76,14 @@ def build_model(config, info):
     return jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
 
 
+def _first_non_finite(host_metrics: list[dict], last_step: int) -> int | None:
+    """The first step among the fetched per-step metrics (ending at ``last_step``) whose loss is
+    not finite, or None."""
+    first = last_step - len(host_metrics) + 1
+    return next((first + i for i, m in enumerate(host_metrics) if not np.isfinite(m["loss"])),
+                None)
+
+
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
@@ -162,8 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 # Fetching checks every pending step for a non-finite loss before anything is
                 # saved, so no checkpoint ever holds a diverged state.
                 host = mesh_lib.to_host(pending)
-                first_bad = next((step - len(host) + 1 + i for i, m in enumerate(host)
-                                  if not np.isfinite(m["loss"])), None)
+                first_bad = _first_non_finite(host, step)
                 if first_bad is not None:
                     raise FloatingPointError(
                         f"non-finite training loss at step {first_bad} ({config.model} on "
@@ -184,6 +191,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if ckpt_due:
                     checkpointer.save(state)
                 interval_start, interval_steps = time.perf_counter(), 0
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the progress since the last checkpoint, unless it has diverged.
+        if _first_non_finite(mesh_lib.to_host(pending), int(mesh_lib.to_host(state.step))) is None:
+            checkpointer.save(state, wait=True)
+            log.warning("interrupted: saved step %d; re-run the command to resume",
+                        int(mesh_lib.to_host(state.step)))
+        raise
     finally:
         bar.close()
         checkpointer.close()

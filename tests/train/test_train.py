@@ -126,6 +126,23 @@ def test_resume_after_sigkill_is_bitwise_equal(reference_run, tmp_path):
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
 
 
+def test_ctrl_c_saves_the_current_step(tmp_path):
+    proc = subprocess.Popen(cli_args(tmp_path, checkpoint_every_steps=100), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_metrics(str(metrics))) >= 13:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    step = train.load_checkpoint(str(tmp_path))[0]
+    assert 13 <= step < 40, err[-2000:]  # saved where it stopped, not at a periodic checkpoint
+    assert f"saved step {step}" in err
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     real_iterator = data.train_iterator
 
