@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jaxconv.train.mesh import to_host
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ class Checkpointer:
                                                  cleanup_tmp_directories=True))
 
     def save(self, state, *, wait: bool = False) -> None:
-        step = int(jax.device_get(state.step))
+        step = int(to_host(state.step))
         if step in self._manager.all_steps():
             return
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))

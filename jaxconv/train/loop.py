@@ -193,10 +193,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 interval_start, interval_steps = time.perf_counter(), 0
     except KeyboardInterrupt:
         # Ctrl-C: keep the progress since the last checkpoint, unless it has diverged.
-        if _first_non_finite(mesh_lib.to_host(pending), int(mesh_lib.to_host(state.step))) is None:
+        last = int(mesh_lib.to_host(state.step))
+        if _first_non_finite(mesh_lib.to_host(pending), last) is None:
             checkpointer.save(state, wait=True)
-            log.warning("interrupted: saved step %d; re-run the command to resume",
-                        int(mesh_lib.to_host(state.step)))
+            log.warning("interrupted: saved step %d; re-run the command to resume", last)
         raise
     finally:
         bar.close()

@@ -61,6 +61,21 @@ def run_cli(workdir, *extra, env=None, **overrides):
                           capture_output=True, text=True, timeout=600)
 
 
+def signal_run_at_step(workdir, step, sig, **overrides):
+    """Starts a CLI run, sends ``sig`` once ``step`` metric rows exist; returns (code, stderr)."""
+    proc = subprocess.Popen(cli_args(workdir, **overrides), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics, deadline = workdir / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_metrics(str(metrics))) >= step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be signalled: {proc.stderr.read()}"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 def params_of(workdir):
     step, state = train.load_checkpoint(str(workdir))
     return step, jax.tree.leaves(state["params"]), jax.tree.leaves(state["opt_state"])
@@ -98,17 +113,8 @@ def test_training_reduces_loss_and_writes_metrics(reference_run):
 def test_resume_after_sigkill_is_bitwise_equal(reference_run, tmp_path):
     ref_dir, _ = reference_run
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(cli_args(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics, deadline = workdir / "metrics.jsonl", time.time() + 300
     # Kill between checkpoints (after step 24, before 30), with no chance to clean up.
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(read_metrics(str(metrics))) >= 24:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    signal_run_at_step(workdir, 24, signal.SIGKILL)
     # Checkpoints are written in the background, so the one at 20 may not have been finished.
     assert train.load_checkpoint(str(workdir))[0] in (10, 20)
 
@@ -120,24 +126,15 @@ def test_resume_after_sigkill_is_bitwise_equal(reference_run, tmp_path):
     assert step == ref_step == 40
     for a, b in zip(params + opt, ref_params + ref_opt, strict=True):
         np.testing.assert_array_equal(a, b)
-    rows = read_metrics(str(metrics))
+    rows = read_metrics(str(workdir / "metrics.jsonl"))
     assert [r["step"] for r in rows] == list(range(1, 41))  # no duplicated rows after resume
     ref_rows = read_metrics(os.path.join(ref_dir, "metrics.jsonl"))
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
 
 
 def test_ctrl_c_saves_the_current_step(tmp_path):
-    proc = subprocess.Popen(cli_args(tmp_path, checkpoint_every_steps=100), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(read_metrics(str(metrics))) >= 13:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()}"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    returncode, err = signal_run_at_step(tmp_path, 13, signal.SIGINT, checkpoint_every_steps=100)
+    assert returncode != 0
     step = train.load_checkpoint(str(tmp_path))[0]
     assert 13 <= step < 40, err[-2000:]  # saved where it stopped, not at a periodic checkpoint
     assert f"saved step {step}" in err
