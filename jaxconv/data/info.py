@@ -117,6 +117,11 @@ OFFLINE_DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
         name="digits", num_classes=10, image_shape=(8, 8, 1),
         mean=(77.9259,), std=(95.8927,), split_sizes=(1497, 300)),
+    # The same digits upsampled 4x (nearest) to 32x32: CIFAR-sized inputs for architectures
+    # whose downsampling needs them (VGG, DenseNet, ...). Nearest upsampling keeps mean and std.
+    "digits32": DatasetInfo(
+        name="digits32", num_classes=10, image_shape=(32, 32, 1),
+        mean=(77.9259,), std=(95.8927,), split_sizes=(1497, 300)),
     # MNIST-1D (Greydanus 2020), default generation arguments (seed 42), 4000/1000 split.
     # Stored as float32 signals, already roughly standardized by the generator.
     "mnist1d": DatasetInfo(

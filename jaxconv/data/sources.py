@@ -215,6 +215,14 @@ def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   }
 
 
+@functools.lru_cache(maxsize=1)
+def _digits32_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  def upsample(images):
+    return np.ascontiguousarray(images.repeat(4, axis=1).repeat(4, axis=2))
+  return {split: _readonly(upsample(images), labels)
+          for split, (images, labels) in _digits_arrays().items()}
+
+
 def default_cache_dir() -> str:
   """`$JAXCONV_CACHE_DIR`, else `$XDG_CACHE_HOME/jaxconv`, else `~/.cache/jaxconv`."""
   if os.environ.get("JAXCONV_CACHE_DIR"):
@@ -289,6 +297,8 @@ def _offline_source(name: str, split: str) -> ArraySource:
   info = OFFLINE_DATASETS[name]
   if name == "digits":
     arrays = _digits_arrays()
+  elif name == "digits32":
+    arrays = _digits32_arrays()
   elif name == "mnist1d":
     arrays = _mnist1d_arrays(default_cache_dir())
   else:  # pragma: no cover

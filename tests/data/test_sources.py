@@ -11,7 +11,7 @@ import pytest
 from jaxconv import data
 from jaxconv.data import sources
 
-ALL = ["cifar10", "cifar100", "digits", "fashion_mnist", "imagenet2012", "mnist", "mnist1d"]
+ALL = ["cifar10", "cifar100", "digits", "digits32", "fashion_mnist", "imagenet2012", "mnist", "mnist1d"]
 
 
 def _prepare_fake_tfds_dir(root, name, version, splits, fmt="array_record"):
@@ -110,6 +110,20 @@ def test_digits():
   # the cached arrays cannot be modified through the source
   with pytest.raises(ValueError):
     train[0]["image"][0, 0, 0] = 1
+
+
+def test_digits32_is_digits_upsampled_4x():
+  for split in ("train", "test"):
+    small, big = data.get_source("digits", split), data.get_source("digits32", split)
+    assert len(small) == len(big) and big.info == data.dataset_info("digits32")
+    for i in (0, 7, len(small) - 1):
+      assert big[i]["image"].shape == (32, 32, 1) and big[i]["label"] == small[i]["label"]
+      np.testing.assert_array_equal(big[i]["image"][::4, ::4], small[i]["image"])
+      np.testing.assert_array_equal(big[i]["image"][3::4, 1::4], small[i]["image"])
+  train = data.get_source("digits32", "train")  # the static stats are the train split's
+  images = np.stack([train[i]["image"] for i in range(len(train))])
+  np.testing.assert_allclose(images.mean(), train.info.mean[0], atol=1e-3)
+  np.testing.assert_allclose(images.std(), train.info.std[0], atol=1e-3)
 
 
 def test_mnist1d_generated_offline_and_cached(tmp_path, monkeypatch):
