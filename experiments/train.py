@@ -16,18 +16,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import distributed_flags
+
 # New attributes are accepted so that --config.model_overrides.FIELD=V works; every key is then
 # checked against the schema by train.validate_config before anything runs.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (Python).",
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() with auto-detection "
-                                 "(Cloud TPU pod slices, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,8 +32,7 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)
     from jaxconv import train  # after flag parsing, so --help is fast
 
-    train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                 auto=_DISTRIBUTED.value)
+    distributed_flags.initialize()
     config = _CONFIG.value
     train.validate_config(config)
     summary = train.train_and_evaluate(config, _WORKDIR.value)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import jaxconv
-from jaxconv.analysis import compile_time, count_params, init_variables, model_flops
+from jaxconv.analysis import (
+    compile_time, count_params, init_variables, model_activations, model_flops,
+)
 
 
 class TinyDense(nn.Module):
@@ -134,3 +136,40 @@ def test_model_flops_train_mode():
 def test_compile_time_positive():
     assert compile_time(TinyDense(), (2, 2, 2, 1), train=False) > 0
     assert compile_time(TinyDense(), (2, 2, 2, 1), train=True) > 0
+
+
+# ------------------------------------------------------------------------------- activations
+
+
+def test_activations_count_conv_and_dense_outputs():
+    # VALID 3x3 conv on 10x12 -> 8x10x8 outputs per image; batch 2.
+    assert model_activations(SingleConv(), (2, 10, 12, 3)) == 2 * 8 * 10 * 8
+    assert model_activations(SingleConv(stride=2, padding="SAME"), (1, 10, 12, 3)) == 5 * 6 * 8
+    # Two dense layers: 4 + 3 outputs per image; the flatten/relu in between are not layers.
+    assert model_activations(TinyDense(), (5, 2, 2, 1)) == 5 * (4 + 3)
+
+
+def test_activations_custom_layer_opt_in():
+    class Doubler(nn.Module):
+        counts_as_activation = True
+
+        def __call__(self, x):
+            return x * 2
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return Doubler()(nn.Dense(3)(x))
+
+    assert model_activations(Net(), (1, 1, 1, 4)) == 3 + 3
+
+
+def test_activations_resnet_matches_published_and_scan_layout():
+    # Radosavovic et al. 2020 (Designing Network Design Spaces, arXiv:2003.13678) and Dollar et al.
+    # 2021 list ResNet-50 at 224x224 with 11.1M activations.
+    acts = model_activations(jaxconv.create_model("resnet50"), (1, 224, 224, 3))
+    assert round(acts / 1e6, 1) == 11.1
+    # Scanned blocks are counted as if unrolled.
+    scanned = model_activations(jaxconv.create_model("resnet20"), (1, 32, 32, 3))
+    unrolled = model_activations(jaxconv.create_model("resnet20", scan_blocks=False), (1, 32, 32, 3))
+    assert scanned == unrolled > 0

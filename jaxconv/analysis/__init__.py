@@ -1,5 +1,14 @@
-"""Model analysis: parameter counts, FLOPs, compile time (generic over registered models)."""
+"""Model analysis: parameter counts, FLOPs, activations, compile time (generic over registered
+models)."""
 
-from jaxconv.analysis.cost import compile_time, count_params, init_variables, model_flops
+from jaxconv.analysis.cost import (
+    ACTIVATION_LAYERS,
+    compile_time,
+    count_params,
+    init_variables,
+    model_activations,
+    model_flops,
+)
 
-__all__ = ["compile_time", "count_params", "init_variables", "model_flops"]
+__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "init_variables",
+           "model_activations", "model_flops"]

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-__all__ = ["compile_time", "count_params", "init_variables", "model_flops"]
+__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "init_variables",
+           "model_activations", "model_flops"]
 
 _ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
@@ -97,6 +98,51 @@ def _abstract_args(model, input_shape):
     return variables, x, _ABSTRACT_KEY
 
 
+def _unrolled(model: nn.Module) -> nn.Module:
+    """The same model with scanned blocks unrolled (analyses that walk the program need every
+    block to appear; the parameters are the same numbers in another layout)."""
+    if "scan_blocks" in {f.name for f in dataclasses.fields(model)} and model.scan_blocks:
+        return model.clone(scan_blocks=False)
+    return model
+
+
+#: Layers whose outputs count as activations: Dollar et al. 2021 ("Fast and Accurate Model
+#: Scaling", arXiv:2103.06877) define a network's activations as the number of elements in the
+#: output tensors of its convolutional (and dense) layers. A custom conv-like module is counted
+#: when its class sets ``counts_as_activation = True``.
+ACTIVATION_LAYERS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Dense, nn.DenseGeneral)
+
+
+def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Activations of one eval-mode forward pass over ``input_shape`` (B, H, W, C): the element
+    count of every conv/dense layer output (:data:`ACTIVATION_LAYERS`).
+
+    Dollar et al. show that activations, more than FLOPs, predict the runtime of a ConvNet on
+    memory-bound accelerators; multiply by the dtype size for bytes. Computed on abstract values
+    (a trace, no compilation); scanned blocks are counted unrolled.
+    """
+    model = _unrolled(model)
+    variables, x, _ = _abstract_args(model, input_shape)
+    total = 0
+
+    def count(next_fun, args, kwargs, context):
+        nonlocal total
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if context.method_name == "__call__" and (
+                isinstance(module, ACTIVATION_LAYERS)
+                or getattr(type(module), "counts_as_activation", False)):
+            total += sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(out))
+        return out
+
+    def fwd(variables, x):
+        with nn.intercept_methods(count):
+            return model.apply(variables, x, train=False)
+
+    jax.eval_shape(fwd, variables, x)
+    return int(total)
+
+
 def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = False) -> float:
     """FLOPs of one forward pass over a batch of ``input_shape`` (B, H, W, C).
 
@@ -110,8 +156,7 @@ def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = F
     other loop left in the program triggers a warning.
     ``train=True`` measures the train-mode forward (BatchNorm with batch statistics).
     """
-    if "scan_blocks" in {f.name for f in dataclasses.fields(model)} and model.scan_blocks:
-        model = model.clone(scan_blocks=False)
+    model = _unrolled(model)
     lowered = jax.jit(_forward(model, train)).lower(*_abstract_args(model, input_shape))
     if "stablehlo.while" in lowered.as_text():
         warnings.warn(

@@ -3,7 +3,7 @@
 Add a family by importing its module here.
 """
 
-from jaxconv.models import resnet
+from jaxconv.models import residual_stack, resnet
 from jaxconv.models.resnet import ResNet
 
 __all__ = ["ResNet", "resnet"]

@@ -22,6 +22,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_split = config_dict.placeholder(str)       # default: the dataset's eval split
     c.augment = ml_collections.ConfigDict(dict(crop_padding=0, flip=False, cutout=0))
     c.num_data_threads = 2
+    c.image_size = config_dict.placeholder(int)       # square side to train/eval at (resized
+                                                      # on device, bilinear); default: native
 
     c.batch_size = 128                                # global, over all devices and processes
     c.num_epochs = 10.0

@@ -65,6 +65,13 @@ def validate_config(config) -> None:
     if (config.num_train_steps or 0) <= 0 and (config.num_epochs or 0) <= 0:
         raise ValueError("set config.num_train_steps or config.num_epochs to a positive number "
                          f"(got {config.num_train_steps}, {config.num_epochs})")
+    if config.image_size is not None:
+        h, w, _ = data.dataset_info(config.dataset).image_shape
+        if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) \
+                or config.image_size <= 0 or h == 1 or w == 1:
+            raise ValueError(f"config.image_size={config.image_size!r}: must be None (native size) "
+                             f"or a positive int, for 2-D image datasets ({config.dataset} is "
+                             f"{h}x{w})")
     for field in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
         if config[field] < 0:
             raise ValueError(f"config.{field}={config[field]} must be >= 0 (0 disables)")
@@ -74,6 +81,12 @@ def build_model(config, info):
     overrides = dict(config.model_overrides)
     overrides.setdefault("num_classes", info.num_classes)
     return jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
+
+
+def model_input_shape(config, info) -> tuple[int, int, int]:
+    """(H, W, C) the model sees: the dataset's image shape, or ``config.image_size`` square."""
+    h, w, c = info.image_shape
+    return (h, w, c) if config.image_size is None else (config.image_size, config.image_size, c)
 
 
 def _first_non_finite(host_metrics: list[dict], last_step: int) -> int | None:
@@ -126,7 +139,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mesh = mesh_lib.make_data_mesh()
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     tx, schedule = make_optimizer(config, total_steps)
-    state = create_train_state(model, tx, (1, *info.image_shape), config.seed)
+    state = create_train_state(model, tx, (1, *model_input_shape(config, info)), config.seed)
     state = jax.device_put(state, repl)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -141,10 +154,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # alias the state's host buffers, and CPU runs are small enough not to need it.
     donate = () if jax.default_backend() == "cpu" else (0,)
     train_step = jax.jit(make_train_step(model, tx, schedule, num_classes=info.num_classes,
-                                         label_smoothing=config.label_smoothing),
+                                         label_smoothing=config.label_smoothing,
+                                         image_size=config.image_size),
                          in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
                          donate_argnums=donate)
-    eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes),
+    eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
+                                       image_size=config.image_size),
                         in_shardings=(repl, batch_sh), out_shardings=repl)
 
     batches = data.train_iterator(

@@ -8,6 +8,15 @@ import optax
 from jaxconv.train.state import TrainState
 
 
+def resize_images(images, image_size: int | None):
+    """Bilinear resize of an NHWC batch to ``image_size`` x ``image_size`` (antialiased when
+    shrinking); ``None`` or the current size returns ``images`` unchanged."""
+    if image_size is None or images.shape[1:3] == (image_size, image_size):
+        return images
+    shape = (images.shape[0], image_size, image_size, images.shape[3])
+    return jax.image.resize(images, shape, method="bilinear", antialias=True)
+
+
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
         if label_smoothing else jax.nn.one_hot(labels, num_classes)
@@ -15,16 +24,18 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_classes: int,
-                    label_smoothing: float = 0.0):
+                    label_smoothing: float = 0.0, image_size: int | None = None):
     """Returns ``step(state, batch) -> (state, metrics)``; BN statistics are over the global batch
-    because the batch is one logical array sharded over the mesh."""
+    because the batch is one logical array sharded over the mesh. ``image_size`` resizes each
+    batch on device first (resolution scaling without touching the data pipeline)."""
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         mutable = list(state.model_state.keys())
+        images = resize_images(batch["image"], image_size)
 
         def loss_fn(params):
-            out = model.apply({"params": params, **state.model_state}, batch["image"], train=True,
+            out = model.apply({"params": params, **state.model_state}, images, train=True,
                               mutable=mutable, rngs={"dropout": rng})
             logits, new_model_state = out if mutable else (out, {})
             loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
@@ -47,12 +58,12 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
     return step
 
 
-def make_eval_step(model, *, num_classes: int):
+def make_eval_step(model, *, num_classes: int, image_size: int | None = None):
     """Returns ``step(state, batch) -> sums``; padded rows (mask False) count for nothing."""
 
     def step(state: TrainState, batch):
-        logits = model.apply({"params": state.params, **state.model_state}, batch["image"],
-                             train=False)
+        logits = model.apply({"params": state.params, **state.model_state},
+                             resize_images(batch["image"], image_size), train=False)
         mask = batch["mask"].astype(jnp.float32)
         loss = cross_entropy(logits, batch["label"], num_classes)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

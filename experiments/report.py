@@ -1,0 +1,100 @@
+"""Report a sweep: ``python -m experiments.report DIR [--metric best_eval_top1]``.
+
+Prints a summary table of ``DIR/results.jsonl`` and writes PNG plots to ``DIR/plots/``:
+
+* ``metric_vs_cost.png``: the metric against parameters, FLOPs, activations and images/s;
+* ``learning_curves.png``: train loss and test top-1 of every run against step;
+* the sweep's own comparison, from the ``REPORT`` dict of its sweep file (kept in
+  ``DIR/sweep.json``): ``compare`` (a swept field whose values are put side by side, e.g. the
+  deep vs shallow layout: ``compare_FIELD.png``) and ``group`` (a field whose values are scaling
+  strategies: ``scaling.png``; ``shared`` names the value of the unscaled base run that starts
+  every line). ``metric`` and ``average`` (fields averaged over, default seed) are optional.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from jaxconv.analysis import plots
+from jaxconv.train.metrics import read_metrics
+from jaxconv.train.sweep import RESULTS_FILE, SPEC_FILE, read_results
+
+PLOTS_DIR = "plots"
+
+
+def _order(rows: list[dict], spec: dict) -> list[dict]:
+    """Rows in the grid's order (runs not in the current grid last)."""
+    position = {r["run"]: i for i, r in enumerate(spec.get("runs", []))}
+    return sorted(rows, key=lambda r: position.get(r["run"], len(position)))
+
+
+def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) -> dict[str, str]:
+    """Prints the table and writes the plots; returns {plot name: path}."""
+    results = os.path.join(sweep_dir, RESULTS_FILE)
+    if not os.path.exists(results):
+        raise FileNotFoundError(f"{results} not found: is {sweep_dir!r} a sweep directory "
+                                "(python -m experiments.sweep --workdir DIR)?")
+    spec_path = os.path.join(sweep_dir, SPEC_FILE)
+    spec = json.load(open(spec_path)) if os.path.exists(spec_path) else {}
+    settings = spec.get("report", {})
+    metric = metric or settings.get("metric", "best_eval_top1")
+    rows = _order(read_results(results), spec)
+    if not rows:
+        raise ValueError(f"{results} has no rows yet")
+    fields = spec.get("swept_fields") or sorted({f for r in rows for f in r.get("swept_fields", [])})
+    fields = [f for f in fields if any(f in r for r in rows)]
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    wall = sum(r.get("wall_time_s", 0.0) for r in rows)
+    if not quiet:
+        print(f"sweep {spec.get('sweep', os.path.basename(os.path.abspath(sweep_dir)))}: "
+              f"{len(ok)} ok, {len(failed)} failed, {wall / 60:.1f} min of training "
+              f"({rows[0].get('device', '?')})")
+        print(plots.format_table(rows, fields, metric))
+        for r in failed:
+            print(f"failed {r['run']}: {r.get('error', '?')}")
+
+    out = os.path.join(sweep_dir, PLOTS_DIR)
+    written = {}
+    compare, group = settings.get("compare"), settings.get("group")
+    color_by = compare or group or (fields[0] if fields else None)
+    written["metric_vs_cost"] = plots.plot_metric_vs_cost(
+        rows, os.path.join(out, "metric_vs_cost.png"), metric=metric, color_by=color_by)
+    curves = {}
+    for r in rows:
+        path = os.path.join(sweep_dir, r.get("workdir", ""), "metrics.jsonl")
+        if os.path.exists(path):
+            curves[r["run"]] = read_metrics(path)
+    written["learning_curves"] = plots.plot_learning_curves(
+        curves, os.path.join(out, "learning_curves.png"))
+    if compare:
+        written["compare"] = plots.plot_comparison(
+            rows, os.path.join(out, f"compare_{compare.rsplit('.', 1)[-1]}.png"), compare=compare,
+            fields=fields, metric=metric, average=settings.get("average", ("seed",)))
+    if group:
+        written["scaling"] = plots.plot_scaling(rows, os.path.join(out, "scaling.png"),
+                                                group=group, shared=settings.get("shared"),
+                                                metric=metric)
+    if not quiet:
+        for name, path in written.items():
+            print(f"plot {name}: {path}")
+    return written
+
+
+def main(argv=None) -> dict[str, str]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", help="the --workdir of experiments.sweep")
+    parser.add_argument("--metric", default=None,
+                        help="row key to rank and plot (default: the sweep's, or best_eval_top1)")
+    args = parser.parse_args(argv)
+    try:
+        return report(args.sweep_dir, metric=args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
