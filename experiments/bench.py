@@ -5,6 +5,12 @@ per model, printed as a table and appended to a CSV, with the device named in ev
 
     python -m experiments.bench models --models resnet20,resnet50 --batch_size 128
 
+``costs``: parameters, forward FLOPs and activations per image at each model's input size (no
+timing, nothing compiled: the 'Fast and Accurate Model Scaling' view, where activations rather
+than FLOPs predict runtime on memory-bound accelerators).
+
+    python -m experiments.bench costs --models resnet50,densenet121,vgg16,mobilenetv1_100
+
 ``compile``: how compile time of a forward+backward step grows with depth, with the repeated
 blocks of a stage compiled once (``scan_blocks=True``) and unrolled (``False``).
 
@@ -99,6 +105,26 @@ def bench_compile(name: str, *, scan: bool, batch_size: int) -> dict:
     }
 
 
+def model_costs(name: str, *, image_size: int | None) -> dict:
+    info = jaxconv.model_info(name)
+    h, w, c = info.input_size if image_size is None else (image_size, image_size,
+                                                          info.input_size[2])
+    model = jaxconv.create_model(name)
+    shape = (1, h, w, c)
+    acts = analysis.model_activations(model, shape)
+    flops = analysis.model_flops(model, shape)
+    return {
+        "model": name, "input": f"{h}x{w}x{c}",
+        "params_M": round(analysis.count_params(analysis.init_variables(model, shape)["params"])
+                          / 1e6, 3),
+        "gflops_fwd": round(flops / 1e9, 3),
+        "gmacs_fwd": round(flops / 2e9, 3),  # the unit most papers print as 'FLOPs'
+        "activations_M": round(acts / 1e6, 3),
+        "activation_MB_f32": round(acts * 4 / 2**20, 1),
+        "jax": jax.__version__,
+    }
+
+
 def print_table(rows: list[dict]) -> None:
     keys = list(rows[0])
     widths = {k: max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys}
@@ -155,6 +181,12 @@ def main(argv=None) -> list[dict]:
     m.add_argument("--model_overrides", type=_overrides, default={},
                    help="model fields for every model, e.g. scan_blocks=False")
     m.add_argument("--csv", default="bench_models.csv")
+    k = sub.add_parser("costs", help="params, FLOPs and activations per model (no timing)")
+    k.add_argument("--models", type=_model_list,
+                   default="resnet50,densenet121,vgg16,mobilenetv1_100,inception_v3")
+    k.add_argument("--image_size", type=int, default=None,
+                   help="square input size (default: each model's own)")
+    k.add_argument("--csv", default="bench_costs.csv")
     c = sub.add_parser("compile", help="compile time against depth, scanned vs unrolled blocks")
     c.add_argument("--models", type=_model_list, default="resnet20,resnet56,resnet110,resnet1202")
     c.add_argument("--scan", choices=["on", "off", "both"], default="on")
@@ -165,7 +197,9 @@ def main(argv=None) -> list[dict]:
     print(f"device: {device_name()}  jax {jax.__version__}")
     rows = []
     for name in args.models:
-        if args.command == "models":
+        if args.command == "costs":
+            rows.append(model_costs(name, image_size=args.image_size))
+        elif args.command == "models":
             rows.append(bench_model(name, batch_size=args.batch_size, image_size=args.image_size,
                                     dtype=args.dtype, repeats=args.repeats,
                                     overrides=args.model_overrides))

@@ -1,0 +1,32 @@
+"""experiments.bench costs: parameters, FLOPs and activations per model, printed and in CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+import jaxconv
+from experiments import bench
+from jaxconv import analysis
+
+
+def test_costs_rows_match_analysis(tmp_path, capsys):
+    out = tmp_path / "costs.csv"
+    rows = bench.main(["costs", "--models", "resnet20,resnet18", "--image_size", "64",
+                       "--csv", str(out)])
+    assert [r["model"] for r in rows] == ["resnet20", "resnet18"]
+    model = jaxconv.create_model("resnet18")
+    shape = (1, 64, 64, 3)
+    assert rows[1]["input"] == "64x64x3"
+    assert rows[1]["activations_M"] == round(analysis.model_activations(model, shape) / 1e6, 3)
+    assert rows[1]["gmacs_fwd"] == pytest.approx(rows[1]["gflops_fwd"] / 2, abs=1e-3)
+    assert rows[1]["params_M"] == 11.690
+    with open(out) as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["resnet20", "resnet18"]
+    assert "device:" in capsys.readouterr().out
+
+
+def test_unknown_model_fails_before_any_work(tmp_path):
+    with pytest.raises(SystemExit):
+        bench.main(["costs", "--models", "resnet21", "--csv", str(tmp_path / "x.csv")])
