@@ -112,6 +112,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
     if _PARALLEL.value < 1:
         raise app.UsageError(f"--parallel must be >= 1, got {_PARALLEL.value}")
     if _PARALLEL.value > 1 and (_ONLY.value or distributed_flags.DISTRIBUTED.value

@@ -16,8 +16,18 @@ Default: 24 runs on the offline digits (8x8): layout x {2, 4, 8} layers x {16, 3
 `:small`: 8 runs ({2, 8} layers x {3, 5} kernels, 16 filters, 6 epochs), ~3 min.
 `:mnist` / `:cifar10`: the full grid on tfds data (prepare it first, see the README), 15 epochs,
 stem stride 2; hours on a CPU, minutes per run on an accelerator.
+
+CIFAR-10 / MNIST as ArrayRecord in a tfds data dir (once, with network and TensorFlow), then point
+TFDS_DATA_DIR at it:
+
+    pip install tensorflow-cpu
+    python -c "import tensorflow_datasets as tfds; \\
+        tfds.builder('cifar10', data_dir='$HOME/tensorflow_datasets').download_and_prepare(\\
+        file_format='array_record')"
+    TFDS_DATA_DIR=$HOME/tensorflow_datasets python -m experiments.sweep \\
+        --config experiments/configs/sweeps/deep_vs_shallow.py:cifar10 --workdir runs/deep_vs_shallow_c10
 """
-from jaxconv.train.config import default_config
+from experiments.configs import digits_resnet
 from jaxconv.train.sweep import axis, product
 
 REPORT = {"compare": "model_overrides.layout", "average": ["seed"]}
@@ -27,19 +37,10 @@ ARGS = ("small", "mnist", "cifar10")
 def get_config(arg=None):
     if arg not in (None, *ARGS):
         raise ValueError(f"unknown sweep argument {arg!r}; valid: {ARGS}")
-    c = default_config()
+    c = digits_resnet.get_config()  # the digits recipe of resnet20, shorter
     c.model = "residual_stack"
-    c.dataset = "digits"
-    c.augment.crop_padding = 1
-    c.batch_size = 64
     c.num_epochs = 6.0 if arg == "small" else 10.0
-    c.optimizer = "nesterov"
-    c.learning_rate = 0.05
-    c.weight_decay = 5e-4
-    c.warmup_steps = 50
-    c.log_every_steps = 20
     c.eval_every_steps = 100
-    c.checkpoint_every_steps = 200
     if arg in ("mnist", "cifar10"):
         c.dataset = arg
         c.batch_size = 128

@@ -15,10 +15,18 @@ The paper's point: at equal FLOPs, runtime follows activations, and width scalin
 Default: 9 runs on the offline digits (native 8x8), 10 epochs. Expected on a 2-core CPU
 (jax 0.10.2): ~9 min. `:cifar10` (tfds, prepare first) uses 32x32 inputs and the CIFAR recipe
 for 30 epochs (an accelerator job).
-"""
-import math
 
-from jaxconv.train.config import default_config
+CIFAR-10 / MNIST as ArrayRecord in a tfds data dir (once, with network and TensorFlow), then point
+TFDS_DATA_DIR at it:
+
+    pip install tensorflow-cpu
+    python -c "import tensorflow_datasets as tfds; \\
+        tfds.builder('cifar10', data_dir='$HOME/tensorflow_datasets').download_and_prepare(\\
+        file_format='array_record')"
+    TFDS_DATA_DIR=$HOME/tensorflow_datasets python -m experiments.sweep \\
+        --config experiments/configs/sweeps/scaling.py:cifar10 --workdir runs/scaling_c10
+"""
+from experiments.configs import digits_resnet
 
 REPORT = {"group": "label.strategy", "shared": "base"}
 BASE_DEPTH, BASE_WIDTHS = 3, (16, 32, 64)
@@ -31,19 +39,9 @@ SCALES = (2, 4)
 def get_config(arg=None):
     if arg not in (None, "cifar10"):
         raise ValueError(f"unknown sweep argument {arg!r}; valid: 'cifar10'")
-    c = default_config()
-    c.model = "resnet20"
-    c.dataset = "digits"
-    c.augment.crop_padding = 1
-    c.batch_size = 64
+    c = digits_resnet.get_config()  # resnet20's recipe on digits, shorter
     c.num_epochs = 10.0
-    c.optimizer = "nesterov"
-    c.learning_rate = 0.05
-    c.weight_decay = 5e-4
-    c.warmup_steps = 50
-    c.log_every_steps = 20
     c.eval_every_steps = 100
-    c.checkpoint_every_steps = 200
     if arg == "cifar10":
         c.dataset = "cifar10"
         c.batch_size = 128
