@@ -24,7 +24,6 @@ import argparse
 import ast
 import csv
 import os
-import platform
 import statistics
 import time
 
@@ -37,12 +36,6 @@ import jaxconv
 from jaxconv import analysis
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_train_step
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    kind = d.device_kind if d.platform != "cpu" else (platform.processor() or "cpu")
-    return f"{d.platform}:{kind} x{jax.device_count()} ({os.cpu_count()} host cores)"
 
 
 def time_fn(fn, *args, repeats: int, warmup: int = 1) -> float:
@@ -80,7 +73,7 @@ def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: st
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
     infer_s = time_fn(infer, variables, batch["image"], repeats=repeats)
     return {
-        "device": device_name(), "model": name,
+        "device": analysis.device_name(), "model": name,
         "overrides": ",".join(f"{k}={v}" for k, v in overrides.items()) or "-",
         "input": "x".join(map(str, shape)), "dtype": dtype, "params": analysis.count_params(state.params),
         "gflops_fwd_per_image": analysis.model_flops(model, (1, h, w, c)) / 1e9,
@@ -97,7 +90,7 @@ def bench_compile(name: str, *, scan: bool, batch_size: int) -> dict:
     model = jaxconv.create_model(name, scan_blocks=scan)
     shape = (batch_size, *info.input_size)
     return {
-        "device": device_name(), "model": name, "scan_blocks": scan,
+        "device": analysis.device_name(), "model": name, "scan_blocks": scan,
         "params": analysis.count_params(analysis.init_variables(model, shape)["params"]),
         "compile_fwd_s": round(analysis.compile_time(model, shape, train=False), 2),
         "compile_fwd_bwd_s": round(analysis.compile_time(model, shape, train=True), 2),
@@ -194,7 +187,7 @@ def main(argv=None) -> list[dict]:
     c.add_argument("--csv", default="bench_compile.csv")
     args = parser.parse_args(argv)
 
-    print(f"device: {device_name()}  jax {jax.__version__}")
+    print(f"device: {analysis.device_name()}  jax {jax.__version__}")
     rows = []
     for name in args.models:
         if args.command == "costs":

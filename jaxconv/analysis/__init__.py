@@ -5,10 +5,11 @@ from jaxconv.analysis.cost import (
     ACTIVATION_LAYERS,
     compile_time,
     count_params,
+    device_name,
     init_variables,
     model_activations,
     model_flops,
 )
 
-__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "init_variables",
+__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "device_name", "init_variables",
            "model_activations", "model_flops"]

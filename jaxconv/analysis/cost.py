@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import platform
 import time
 import warnings
 from typing import Any, Sequence
@@ -21,10 +23,18 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "init_variables",
+__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "device_name", "init_variables",
            "model_activations", "model_flops"]
 
 _ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
+def device_name() -> str:
+    """What benchmarks and results rows name the machine by, e.g. ``gpu:NVIDIA H100 80GB HBM3
+    x1 (16 host cores)`` or ``cpu:x86_64 x1 (2 host cores)``."""
+    d = jax.devices()[0]
+    kind = d.device_kind if d.platform != "cpu" else (platform.processor() or "cpu")
+    return f"{d.platform}:{kind} x{jax.device_count()} ({os.cpu_count()} host cores)"
 
 
 def count_params(tree: Any) -> int:

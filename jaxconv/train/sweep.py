@@ -280,12 +280,6 @@ def _model_costs(config) -> dict:
             "input_size": "x".join(map(str, shape[1:]))}
 
 
-def _device() -> str:
-    import jax
-    d = jax.devices()[0]
-    return f"{d.platform}:{d.device_kind} x{jax.device_count()}"
-
-
 def train_one(run: Run, sweep_dir: str) -> dict:
     """Trains (or resumes) one run and returns its results row; failures become a row too.
 
@@ -302,7 +296,8 @@ def train_one(run: Run, sweep_dir: str) -> dict:
         row.update(status="ok", steps=summary["step"],
                    final_eval_top1=summary.get("eval_top1"),
                    final_eval_loss=summary.get("eval_loss"),
-                   final_train_loss=summary.get("loss"), final_train_top1=summary.get("top1"))
+                   final_train_loss=summary.get("loss"), final_train_top1=summary.get("top1"),
+                   train_wall_time_s=round(summary["run_wall_time"], 2))
         row.update(_metric_summary(workdir))
         row.update(_model_costs(run.config))
     except Exception as e:  # pylint: disable=broad-except  (recorded; the sweep goes on)
@@ -311,7 +306,8 @@ def train_one(run: Run, sweep_dir: str) -> dict:
             f.write(traceback.format_exc())
         row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
         log.error("run %s failed: %s (traceback in %s/error.txt)", run.name, e, workdir)
-    row.update(wall_time_s=round(time.perf_counter() - start, 2), device=_device(),
+    from jaxconv.analysis import device_name
+    row.update(wall_time_s=round(time.perf_counter() - start, 2), device=device_name(),
                finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return row
 

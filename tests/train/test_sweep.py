@@ -126,7 +126,9 @@ def test_rows_carry_swept_values_metrics_and_costs(finished_sweep):
         assert row["best_eval_top1"] >= row["final_eval_top1"]
         assert row["best_eval_step"] in (6, 12)
         assert row["params"] > 0 and row["flops"] > 0 and row["activations"] > 0
-        assert row["train_images_per_sec"] > 0 and row["wall_time_s"] > 0
+        assert row["train_images_per_sec"] > 0
+        assert 0 < row["train_wall_time_s"] <= row["wall_time_s"]
+        assert row["device"].startswith("cpu:")
         assert row["input_size"] == "8x8x1"
         assert os.path.exists(out / row["workdir"] / "metrics.jsonl")
     # The two layouts have the same parameters and differ in nothing else that is costed.
