@@ -132,7 +132,7 @@ def plot_metric_vs_cost(rows: list[dict], path: str, *, metric: str = "best_eval
     rows = [r for r in rows if r.get("status") == "ok" and _finite(r.get(metric))]
     axes_keys = [(k, label) for k, label in COST_AXES if any(_finite(r.get(k)) for r in rows)]
     fig, axes = plt.subplots(1, max(len(axes_keys), 1), figsize=(4.2 * max(len(axes_keys), 1), 3.6),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     groups = group_rows(rows, [color_by]) if color_by else {("all",): rows}
     for ax, (key, label) in zip(axes[0], axes_keys):
         for (value,), members in groups.items():
@@ -154,7 +154,7 @@ def plot_learning_curves(curves: dict[str, list[dict]], path: str, *, title: str
     """Train loss and test top-1 against step, one line per run (``curves``: run name -> its
     metrics.jsonl rows)."""
     plt = _pyplot()
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     cmap = plt.get_cmap("viridis", max(len(curves), 2))
     for i, (name, rows) in enumerate(curves.items()):
         train = [(r["step"], r["loss"]) for r in rows if _finite(r.get("loss"))]
@@ -192,7 +192,8 @@ def plot_comparison(rows: list[dict], path: str, *, compare: str, fields: Sequen
                  for v in values} for s, members in settings.items()}
     paired = len(values) == 2
     fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 9, 4.2),
-                             squeeze=False, gridspec_kw={"width_ratios": [2.2, 1] if paired else [1]})
+                             squeeze=False, layout="constrained",
+                             gridspec_kw={"width_ratios": [2.2, 1] if paired else [1]})
     ax = axes[0][0]
     width = 0.8 / max(len(values), 1)
     names = [",".join(f"{_short(f)}={v}" for f, v in zip(others, s)) or "all" for s in table]
@@ -237,7 +238,7 @@ def plot_scaling(rows: list[dict], path: str, *, group: str, shared: str | None 
     rows = [r for r in rows if r not in base]
     panels = [(metric, _METRIC_LABELS.get(metric, metric)),
               ("train_images_per_sec", "train images / s"), ("activations", "activations / image")]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
     for (value,), members in group_rows(rows, [group]).items():
         members = sorted(base + members, key=lambda r: r.get(order, 0) or 0)
         for ax, (key, _) in zip(axes, panels):

@@ -12,7 +12,8 @@ layout was better).
         --workdir runs/deep_vs_shallow --report
 
 Default: 24 runs on the offline digits (8x8): layout x {2, 4, 8} layers x {16, 32} filters x
-{3, 5} kernels, 10 epochs each. Expected on a 2-core CPU (jax 0.10.2): ~10 min.
+{3, 5} kernels, 10 epochs each. Expected on a 2-core CPU (jax 0.10.2): 10 min
+(measured with the cores shared by other jobs).
 `:small`: 8 runs ({2, 8} layers x {3, 5} kernels, 16 filters, 6 epochs), ~3 min.
 `:mnist` / `:cifar10`: the full grid on tfds data (prepare it first, see the README), 15 epochs,
 stem stride 2; hours on a CPU, minutes per run on an accelerator.

@@ -13,7 +13,7 @@ The paper's point: at equal FLOPs, runtime follows activations, and width scalin
         --workdir runs/scaling --report
 
 Default: 9 runs on the offline digits (native 8x8), 10 epochs. Expected on a 2-core CPU
-(jax 0.10.2): ~9 min. `:cifar10` (tfds, prepare first) uses 32x32 inputs and the CIFAR recipe
+(jax 0.10.2): 15 min (measured with the cores shared by other jobs; less on a quiet machine). `:cifar10` (tfds, prepare first) uses 32x32 inputs and the CIFAR recipe
 for 30 epochs (an accelerator job).
 
 CIFAR-10 / MNIST as ArrayRecord in a tfds data dir (once, with network and TensorFlow), then point
