@@ -52,7 +52,9 @@ def test_info_matches_built_module(name):
     info = jaxconv.model_info(name)
     assert isinstance(model, nn.Module)
     assert model.num_classes == info.num_classes
-    assert model.dtype == jnp.float32 and model.drop_path_rate == 0.0
+    assert model.dtype == jnp.float32
+    # Stochastic depth, where a model has it, is off by default.
+    assert getattr(model, "drop_path_rate", 0.0) == 0.0
     assert "arXiv:" in info.paper
 
 

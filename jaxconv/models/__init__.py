@@ -3,7 +3,18 @@
 Add a family by importing its module here.
 """
 
-from jaxconv.models import residual_stack, resnet
+from jaxconv.models import (
+    allcnn,
+    densenet,
+    inception,
+    mobilenet,
+    nin,
+    residual_stack,
+    resnet,
+    vgg,
+    wrn,
+)
 from jaxconv.models.resnet import ResNet
 
-__all__ = ["ResNet", "resnet"]
+__all__ = ["ResNet", "allcnn", "densenet", "inception", "mobilenet", "nin", "residual_stack",
+           "resnet", "vgg", "wrn"]

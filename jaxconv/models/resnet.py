@@ -1,5 +1,10 @@
 """ResNets: CIFAR (He et al. 2016), pre-activation CIFAR (He et al. 2016b), ImageNet (timm names).
 
+The ImageNet set includes timm's wide ResNets ``wide_resnet50_2``/``wide_resnet101_2``
+(Zagoruyko & Komodakis 2016, Wide Residual Networks, arXiv:1605.07146, the ImageNet
+WRN-50-2-bottleneck): ResNet-50/101 whose bottleneck convs are twice as wide
+(``base_width=128``) while block outputs stay 256..2048.
+
 One module, :class:`ResNet`, covers the three families; the registered builders at the bottom
 fix its structural fields. Fork a block class to try a new residual unit.
 
@@ -54,8 +59,10 @@ class _Block(nn.Module):
     """Fields shared by all residual blocks.
 
     ``features`` is the bottleneck (or basic) width; the block outputs
-    ``features * expansion`` channels. ``train`` is a field rather than a call argument so the
-    block can be the body of ``nn.scan`` (whose scanned inputs must be arrays).
+    ``features * expansion`` channels. ``base_width`` (bottleneck blocks only) scales the inner
+    width to ``features * base_width // 64`` without changing the output (torchvision/timm's
+    ``base_width``: 128 in wide_resnet50_2/101_2). ``train`` is a field rather than a call
+    argument so the block can be the body of ``nn.scan`` (whose scanned inputs must be arrays).
     ``loop_safe_conv`` computes the convs with :func:`jaxconv.layers.loop_safe_conv` (set for
     blocks inside ``nn.scan``: keeps their CPU backward fast, at the cost of forward-mode AD).
     """
@@ -68,6 +75,7 @@ class _Block(nn.Module):
     train: bool = False
     dtype: Any = jnp.float32
     loop_safe_conv: bool = False
+    base_width: int = 64
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -79,6 +87,11 @@ class _Block(nn.Module):
 
     def _bn(self, name, zero_init=False):
         return batch_norm(self.train, dtype=self.dtype, zero_init=zero_init, name=name)
+
+    @property
+    def inner_features(self) -> int:
+        """Width of a bottleneck's 1x1-3x3 convs (``features`` unless ``base_width != 64``)."""
+        return self.features * self.base_width // 64
 
     def _needs_projection(self, x) -> bool:
         return self.strides != 1 or x.shape[-1] != self.features * self.expansion
@@ -142,9 +155,9 @@ class Bottleneck(_Block):
 
     @nn.compact
     def __call__(self, x, drop_path_rate=0.0):
-        h = self._conv(self.features, 1, name="conv1")(x)
+        h = self._conv(self.inner_features, 1, name="conv1")(x)
         h = nn.relu(self._bn("bn1")(h))
-        h = self._conv(self.features, 3, self.strides, name="conv2")(h)
+        h = self._conv(self.inner_features, 3, self.strides, name="conv2")(h)
         h = nn.relu(self._bn("bn2")(h))
         h = self._conv(self.features * self.expansion, 1, name="conv3")(h)
         h = self._bn("bn3", zero_init=self.zero_init_last)(h)
@@ -185,9 +198,9 @@ class PreActBottleneck(_Block):
     def __call__(self, x, drop_path_rate=0.0):
         x_act = nn.relu(self._bn("bn1")(x))
         shortcut = self._preact_shortcut(x, x_act)
-        h = self._conv(self.features, 1, name="conv1")(x_act)
+        h = self._conv(self.inner_features, 1, name="conv1")(x_act)
         h = nn.relu(self._bn("bn2")(h))
-        h = self._conv(self.features, 3, self.strides, name="conv2")(h)
+        h = self._conv(self.inner_features, 3, self.strides, name="conv2")(h)
         h = nn.relu(self._bn("bn3")(h))
         h = self._conv(self.features * self.expansion, 1, name="conv3",
                        zero_init=self.zero_init_last)(h)
@@ -217,6 +230,9 @@ class ResNet(nn.Module):
       block: one of :data:`BLOCKS` (``basic``, ``bottleneck``, ``preact_basic``,
         ``preact_bottleneck``).
       widths: base width per stage (block output = width * expansion).
+      base_width: bottleneck blocks' inner width is ``width * base_width // 64`` (64: plain
+        ResNet; 128: the wide ResNets ``wide_resnet50_2``/``wide_resnet101_2``, whose blocks
+        still output ``width * 4``). Basic blocks need 64.
       stem: ``imagenet`` (7x7/2 conv, [BN-ReLU], 3x3/2 max pool, padding 1) or ``cifar``
         (3x3 conv, [BN-ReLU]); pre-activation models have no BN-ReLU in the stem.
       stem_width: stem conv channels.
@@ -246,6 +262,7 @@ class ResNet(nn.Module):
     drop_path_rate: float = 0.0
     zero_init_last_bn: bool = True
     scan_blocks: bool = False
+    base_width: int = 64
 
     def __post_init__(self):
         # Normalise before Flax freezes the instance: tuples keep the module hashable and
@@ -261,6 +278,11 @@ class ResNet(nn.Module):
         _check_choice("stem", self.stem, STEMS)
         _check_choice("shortcut", self.shortcut, SHORTCUTS)
         _positive_ints("stem_width", (self.stem_width,))
+        _positive_ints("base_width", (self.base_width,))
+        if self.base_width != 64 and BLOCKS[self.block].expansion == 1:
+            raise ValueError(f"base_width must be 64 for block={self.block!r} (only the bottleneck "
+                             f"blocks {[b for b, c in BLOCKS.items() if c.expansion > 1]} have an "
+                             f"inner width), got {self.base_width!r}")
         _positive_ints("num_classes", (self.num_classes,))
         rate = self.drop_path_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
@@ -295,6 +317,7 @@ class ResNet(nn.Module):
                     train=train,
                     dtype=self.dtype,
                     loop_safe_conv=in_scan,
+                    base_width=self.base_width,
                     name=name,
                 )
 
@@ -420,9 +443,9 @@ def _register_cifar(paper):
     return register_model(family="resnet", paper=paper, input_size=(32, 32, 3), num_classes=10)
 
 
-def _register_imagenet():
+def _register_imagenet(paper=_RESNET_PAPER):
     return register_model(
-        family="resnet", paper=_RESNET_PAPER, input_size=(224, 224, 3), num_classes=1000
+        family="resnet", paper=paper, input_size=(224, 224, 3), num_classes=1000
     )
 
 
@@ -508,3 +531,18 @@ def resnet101(**overrides) -> ResNet:
 def resnet152(**overrides) -> ResNet:
     """ResNet-152 v1.5 (timm/torchvision structure, stride on the 3x3), 60,192,808 params."""
     return _imagenet((3, 8, 36, 3), "bottleneck", overrides)
+
+
+_WRN_PAPER = "Zagoruyko & Komodakis 2016, Wide Residual Networks, arXiv:1605.07146"
+
+
+@_register_imagenet(_WRN_PAPER)
+def wide_resnet50_2(**overrides) -> ResNet:
+    """Wide ResNet-50-2 (timm: ResNet-50, bottlenecks 2x wide), 68,883,240 params."""
+    return _imagenet((3, 4, 6, 3), "bottleneck", {"base_width": 128, **overrides})
+
+
+@_register_imagenet(_WRN_PAPER)
+def wide_resnet101_2(**overrides) -> ResNet:
+    """Wide ResNet-101-2 (timm: ResNet-101, bottlenecks 2x wide), 126,886,696 params."""
+    return _imagenet((3, 4, 23, 3), "bottleneck", {"base_width": 128, **overrides})

@@ -23,11 +23,17 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+#: Weight of an auxiliary classifier's loss (Inception v3's aux head; Szegedy et al. 2016 use 0.4).
+AUX_LOSS_WEIGHT = 0.4
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_classes: int,
                     label_smoothing: float = 0.0, image_size: int | None = None):
     """Returns ``step(state, batch) -> (state, metrics)``; BN statistics are over the global batch
     because the batch is one logical array sharded over the mesh. ``image_size`` resizes each
-    batch on device first (resolution scaling without touching the data pipeline)."""
+    batch on device first (resolution scaling without touching the data pipeline). A model that
+    returns ``(logits, aux_logits)`` in train mode gets ``AUX_LOSS_WEIGHT`` times the auxiliary
+    cross-entropy added to its loss."""
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -35,10 +41,18 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
         images = resize_images(batch["image"], image_size)
 
         def loss_fn(params):
+            # mutable=False, not [], for models without BatchNorm: Flax returns the bare output
+            # only when nothing is mutable.
             out = model.apply({"params": params, **state.model_state}, images, train=True,
-                              mutable=mutable, rngs={"dropout": rng})
+                              mutable=mutable or False, rngs={"dropout": rng})
             logits, new_model_state = out if mutable else (out, {})
+            aux = None
+            if isinstance(logits, tuple):  # (logits, aux_logits)
+                logits, aux = logits
             loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
+            if aux is not None:
+                loss = loss + AUX_LOSS_WEIGHT * cross_entropy(
+                    aux, batch["label"], num_classes, label_smoothing).mean()
             return loss, (logits, new_model_state)
 
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
