@@ -1,6 +1,15 @@
 """Pallas kernels for jaxconv's hot convolution and attention paths.
 
 Each op lives in its own folder (``kernels_pallas/<op>/``) with a public function taking
-``implementation=None | "xla" | "pallas"``, a pure-jnp reference, and the Pallas kernels.
-See DESIGN.md; ops are added by the kernel issues.
+``implementation=None | "xla" | "pallas"``, a pure-jnp reference, the Pallas kernels (TPU via
+Mosaic, GPU via Mosaic GPU), a ``jax.custom_vjp`` with backward kernels, and a tuning table of
+block sizes per device kind. ``kernels_pallas.core`` holds what the ops share (implementation
+choice, interpret mode on CPU, tuning look-up, the ``shard_map`` wrapper). See DESIGN.md.
+
+Ops: :func:`depthwise_conv2d`. Benchmarks: ``python -m kernels_pallas.bench <op>``.
 """
+
+from kernels_pallas.core import IMPLEMENTATIONS, compile_for, interpret_as
+from kernels_pallas.depthwise_conv2d import depthwise_conv2d
+
+__all__ = ["IMPLEMENTATIONS", "compile_for", "depthwise_conv2d", "interpret_as"]

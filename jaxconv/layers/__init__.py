@@ -25,3 +25,6 @@ __all__ = [
     "loop_safe_conv",
     "torch_linear_init",
 ]
+from jaxconv.layers.depthwise import DepthwiseConv2D  # noqa: E402  (issue 5)
+
+__all__ += ["DepthwiseConv2D"]

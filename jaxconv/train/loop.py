@@ -114,6 +114,14 @@ def evaluate(eval_step, state, source, config, mesh) -> dict:
             "eval_top1": float(totals["correct"]) / count, "eval_count": int(totals["count"])}
 
 
+def _in_mesh(mesh, fn):
+    """``fn`` called with ``mesh`` as the context mesh (``jax.set_mesh``)."""
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return fn(*args)
+    return call
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset``; returns the final metrics row."""
     validate_config(config)
@@ -161,6 +169,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
                                        image_size=config.image_size),
                         in_shardings=(repl, batch_sh), out_shardings=repl)
+    # Trace and run with the mesh as context mesh: ops that run per batch shard (Pallas kernels
+    # under shard_map, kernels_pallas.core.shard_batch) look it up when jit traces them.
+    train_step, eval_step = _in_mesh(mesh, train_step), _in_mesh(mesh, eval_step)
 
     batches = data.train_iterator(
         train_src, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
