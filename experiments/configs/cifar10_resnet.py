@@ -16,7 +16,8 @@ Needs CIFAR-10 prepared as ArrayRecord in a tfds data dir (once, with network an
         --workdir runs/c10_r56 --config.data_dir=$HOME/tensorflow_datasets
 
 Expected time: not measured yet on an accelerator; on a 2-core CPU resnet20 trains at ~100
-images/s, i.e. ~1.5 h per epoch. `:resnet20,runlocal` trains 200 steps for a smoke test.
+images/s, i.e. ~1.5 h per epoch. `:resnet20,runlocal` trains 200 steps on the offline `digits32`
+(a smoke test that needs no data preparation).
 """
 from jaxconv.train.config import default_config
 
@@ -42,7 +43,9 @@ def get_config(arg: str | None = None):
     c.eval_every_steps = 2000
     c.checkpoint_every_steps = 2000
     for flag in flags:
-        if flag == "runlocal":
+        if flag == "runlocal":  # offline smoke test: digits upsampled to 32x32, no network
+            c.dataset = "digits32"
+            c.augment.flip = False
             c.num_train_steps = 200
             c.eval_every_steps = 100
             c.checkpoint_every_steps = 100
