@@ -21,8 +21,10 @@ Parameter layout (``variables["params"]``; ``batch_stats`` mirrors it for the Ba
 With ``scan_blocks=False`` the tree is 1:1 with timm/torchvision modules (``layer1.0.conv1`` ->
 ``layer1_0/conv1``, ``layer1.0.downsample.0/1`` -> ``layer1_0/downsample_conv``/``downsample_bn``).
 :func:`stack_scanned_blocks` / :func:`unstack_scanned_blocks` convert variables between the two
-layouts. Stage outputs are sown as ``intermediates/stage{i}`` (i from 0, a 1-tuple, Flax's
-``sow`` convention), outside any scan.
+layouts. Stage outputs are sown as ``intermediates/stage{i}`` (a 1-tuple, Flax's ``sow``
+convention), outside any scan: with the ImageNet stem ``stage0`` is the stem's output at stride 2
+(before the max pool, timm's first feature) and ``stage1..4`` are ``layer1..4``; with the CIFAR
+stem ``stage{i}`` is the output of stage i.
 """
 
 from __future__ import annotations
@@ -300,7 +302,9 @@ class ResNet(nn.Module):
         if not block_cls.preact:
             x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         if self.stem == "imagenet":
+            self.sow("intermediates", "stage0", x)  # timm's first feature (act1, stride 2)
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        first_stage = 1 if self.stem == "imagenet" else 0
 
         # Stages.
         rates = drop_path_rates(self.drop_path_rate, sum(self.stage_sizes))
@@ -335,7 +339,7 @@ class ResNet(nn.Module):
                 for b in range(1, n):
                     x = make(f"layer{stage + 1}_{b}")(x, rates[first + b])
             first += n
-            self.sow("intermediates", f"stage{stage}", x)
+            self.sow("intermediates", f"stage{first_stage + stage}", x)
 
         # Head.
         if block_cls.preact:

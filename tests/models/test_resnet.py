@@ -474,14 +474,16 @@ def test_stage_features(name):
         lambda v, x: model.apply(v, x, mutable=["intermediates"]), abstract, x
     )
     stages = state["intermediates"]
-    num_stages = len(model.stage_sizes)
-    assert sorted(stages) == [f"stage{i}" for i in range(num_stages)]
-    strides = (1, 2, 4) if name in CIFAR else (4, 8, 16, 32)
     expansion = resnet.BLOCKS[model.block].expansion
-    for i in range(num_stages):
+    channels = [w * expansion for w in model.widths]
+    if name in CIFAR:
+        strides = (1, 2, 4)
+    else:  # the stem (stride 2, before the max pool) first, as timm's feature_info
+        strides, channels = (2, 4, 8, 16, 32), [model.stem_width, *channels]
+    assert sorted(stages) == [f"stage{i}" for i in range(len(strides))]
+    for i, (stride, width) in enumerate(zip(strides, channels)):
         (feature,) = stages[f"stage{i}"]
-        assert feature.shape == (1, 64 // strides[i], 64 // strides[i],
-                                 model.widths[i] * expansion)
+        assert feature.shape == (1, 64 // stride, 64 // stride, width)
 
 
 def test_bfloat16_compute():
