@@ -24,7 +24,6 @@ import argparse
 import ast
 import csv
 import os
-import statistics
 import time
 
 import jax
@@ -36,18 +35,6 @@ import jaxconv
 from jaxconv import analysis
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_train_step
-
-
-def time_fn(fn, *args, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn(*args)`` after warm-up, waiting for the device each time."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: str,
@@ -67,11 +54,11 @@ def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: st
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    train_s = time_fn(lambda s, b: compiled(s, b)[1]["loss"], state, batch, repeats=repeats)
+    train_s = analysis.median_seconds(lambda s, b: compiled(s, b)[1]["loss"], state, batch, repeats=repeats)
 
     variables = {"params": state.params, **state.model_state}
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    infer_s = time_fn(infer, variables, batch["image"], repeats=repeats)
+    infer_s = analysis.median_seconds(infer, variables, batch["image"], repeats=repeats)
     return {
         "device": analysis.device_name(), "model": name,
         "overrides": ",".join(f"{k}={v}" for k, v in overrides.items()) or "-",

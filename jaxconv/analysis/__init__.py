@@ -7,9 +7,10 @@ from jaxconv.analysis.cost import (
     count_params,
     device_name,
     init_variables,
+    median_seconds,
     model_activations,
     model_flops,
 )
 
 __all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "device_name", "init_variables",
-           "model_activations", "model_flops"]
+           "median_seconds", "model_activations", "model_flops"]

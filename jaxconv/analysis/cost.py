@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import platform
+import statistics
 import time
 import warnings
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 __all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "device_name", "init_variables",
-           "model_activations", "model_flops"]
+           "median_seconds", "model_activations", "model_flops"]
 
 _ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
@@ -35,6 +36,19 @@ def device_name() -> str:
     d = jax.devices()[0]
     kind = d.device_kind if d.platform != "cpu" else (platform.processor() or "cpu")
     return f"{d.platform}:{kind} x{jax.device_count()} ({os.cpu_count()} host cores)"
+
+
+def median_seconds(fn, *args, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn(*args)`` after ``warmup`` calls (compilation), waiting for the
+    device each time (``block_until_ready``): the timing every benchmark here uses."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def count_params(tree: Any) -> int:

@@ -28,7 +28,6 @@ import contextlib
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.analysis import device_name
+from jaxconv.analysis import device_name, median_seconds
 from kernels_pallas.core import device_kind, platform
 from kernels_pallas.depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_reference, tuning
 
@@ -81,16 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _parse_kernel(text: str) -> tuple[int, int]:
     parts = [int(v) for v in text.lower().split("x")]
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-
-
-def median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cpu_bandwidth() -> float:
