@@ -5,6 +5,7 @@ from jaxconv.layers.conv import (
     dense,
     kaiming_normal_fan_out,
     loop_safe_conv,
+    matmul_conv,
     torch_linear_init,
 )
 from jaxconv.layers.dtypes import COMPUTE_DTYPES, canonical_dtype
@@ -23,6 +24,7 @@ __all__ = [
     "drop_path_rates",
     "kaiming_normal_fan_out",
     "loop_safe_conv",
+    "matmul_conv",
     "torch_linear_init",
 ]
 from jaxconv.layers.depthwise import DepthwiseConv2D  # noqa: E402  (issue 5)

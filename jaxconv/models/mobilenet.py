@@ -33,8 +33,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import batch_norm, canonical_dtype, conv2d, dense, kaiming_normal_fan_out
-from jaxconv.models.vgg import matmul_conv
+from jaxconv.layers import (batch_norm, canonical_dtype, conv2d, dense, kaiming_normal_fan_out,
+                            matmul_conv)
 from jaxconv.registry import register_model
 
 __all__ = ["DepthwiseSeparable", "MobileNetV1", "resolution", "round_channels"]
@@ -82,7 +82,7 @@ class DepthwiseSeparable(nn.Module):
                     name="conv_dw")(x)
         x = nn.relu6(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         # The pointwise conv is a matmul over pixels: computed as one (XLA:CPU runs 1x1 convs
-        # on the small late-stage maps far slower; see jaxconv.models.vgg.matmul_conv).
+        # on the small late-stage maps far slower; see jaxconv.layers.matmul_conv).
         x = nn.Conv(self.features, (1, 1), padding="VALID", use_bias=False, dtype=self.dtype,
                     param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_out,
                     conv_general_dilated=matmul_conv, name="conv_pw")(x)
