@@ -12,7 +12,7 @@ import pytest
 
 import jaxconv
 from jaxconv.analysis import (
-    compile_time, count_params, init_variables, model_activations, model_flops,
+    compile_time, count_macs, count_params, init_variables, model_activations, model_flops,
 )
 
 
@@ -93,6 +93,13 @@ def test_model_flops_excludes_padding_taps():
     all_taps = 2 * 8 * 8 * 9 * 4 * 8
     valid_taps = 2 * (3 * 8 - 2) ** 2 * 4 * 8  # per axis: 3 taps x 8 outputs minus 2 in padding
     assert same == pytest.approx(valid_taps, rel=0.03) and same < all_taps
+
+
+def test_count_macs_counts_every_tap_of_conv_and_dense():
+    """Papers' convention, unlike model_flops: padding taps count, one per multiply-add."""
+    assert count_macs(SingleConv(padding="SAME"), (2, 8, 8, 4)) == 2 * 8 * 8 * 9 * 4 * 8
+    assert count_macs(SingleConv(stride=2), (1, 9, 9, 4)) == 4 * 4 * 9 * 4 * 8
+    assert count_macs(TinyDense(), (3, 2, 2, 1)) == 3 * (4 * 4 + 4 * 3)
 
 
 def _valid_taps(n_in: int, stride: int, k: int = 3, pad: int = 1) -> int:

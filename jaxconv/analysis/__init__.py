@@ -4,6 +4,7 @@ models)."""
 from jaxconv.analysis.cost import (
     ACTIVATION_LAYERS,
     compile_time,
+    count_macs,
     count_params,
     device_name,
     init_variables,
@@ -12,5 +13,5 @@ from jaxconv.analysis.cost import (
     model_flops,
 )
 
-__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "device_name", "init_variables",
-           "median_seconds", "model_activations", "model_flops"]
+__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_macs", "count_params", "device_name",
+           "init_variables", "median_seconds", "model_activations", "model_flops"]

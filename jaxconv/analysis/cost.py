@@ -167,6 +167,37 @@ def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(total)
 
 
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-adds of the ``nn.Conv`` and ``nn.Dense`` calls of one eval-mode forward pass over
+    ``input_shape`` (B, H, W, C): the convention of papers' "FLOPs" tables (VGG, MobileNet, ...),
+    every tap counted, padding included, elementwise work and other layers not. For XLA's count of
+    all the work (padding taps excluded, 2 FLOPs per multiply-add) see :func:`model_flops`.
+    Computed on abstract values; scanned blocks are counted unrolled."""
+    model = _unrolled(model)
+    variables, x, _ = _abstract_args(model, input_shape)
+    total = 0
+
+    def count(next_fun, args, kwargs, context):
+        nonlocal total
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if context.method_name != "__call__":
+            return out
+        if isinstance(module, nn.Conv):
+            taps = math.prod(module.kernel_size) * args[0].shape[-1]
+            total += math.prod(out.shape) * taps // module.feature_group_count
+        elif isinstance(module, nn.Dense):
+            total += math.prod(out.shape) * args[0].shape[-1]
+        return out
+
+    def fwd(variables, x):
+        with nn.intercept_methods(count):
+            return model.apply(variables, x, train=False)
+
+    jax.eval_shape(fwd, variables, x)
+    return int(total)
+
+
 def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = False) -> float:
     """FLOPs of one forward pass over a batch of ``input_shape`` (B, H, W, C).
 

@@ -17,7 +17,7 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import jaxconv
-from jaxconv.analysis import count_params, init_variables
+from jaxconv.analysis import count_macs, count_params, init_variables
 from jaxconv.models import vgg
 
 # timm 1.0.31 (timm.create_model(name), default 1000-class head, sum of parameters().numel());
@@ -123,30 +123,6 @@ def test_cifar_mult_adds_match_li_et_al():
     """Li et al. 2017 Table 1: VGG-16 on CIFAR-10 takes 3.13 x 10^8 FLOP (multiply-adds)."""
     macs = count_macs(jaxconv.create_model("vgg16_bn_cifar"), (1, 32, 32, 3))
     assert round(macs / 1e6) / 100 == 3.13, macs
-
-
-def count_macs(model, input_shape) -> int:
-    """Multiply-adds of every nn.Conv / nn.Dense call (the papers' convention), via eval_shape."""
-    total = 0
-
-    def count(next_fun, args, kwargs, context):
-        nonlocal total
-        out = next_fun(*args, **kwargs)
-        module = context.module
-        if context.method_name == "__call__" and isinstance(module, nn.Conv):
-            taps = math.prod(module.kernel_size) * args[0].shape[-1]
-            total += math.prod(out.shape) * taps // module.feature_group_count
-        elif context.method_name == "__call__" and isinstance(module, nn.Dense):
-            total += math.prod(out.shape) * args[0].shape[-1]
-        return out
-
-    def forward(variables, x):
-        with nn.intercept_methods(count):
-            return model.apply(variables, x)
-
-    jax.eval_shape(forward, init_variables(model, input_shape),
-                   jax.ShapeDtypeStruct(input_shape, jnp.float32))
-    return total
 
 
 # ------------------------------------------------------------------------------ structure
