@@ -54,9 +54,11 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def value_label(value) -> str:
+def value_label(value, separator: str = "x") -> str:
+    """A swept value as short text: floats in %g, sequences joined by ``separator``
+    (``(16, 32)`` -> ``16x32``; run directory names use ``-``)."""
     if isinstance(value, (list, tuple)):
-        return "x".join(value_label(v) for v in value)
+        return separator.join(value_label(v, separator) for v in value)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 import numpy as np
 
+from jaxconv.analysis.plots import value_label
 from jaxconv.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -110,21 +111,13 @@ class Run:
     config: ml_collections.ConfigDict
 
 
-def _format_value(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return "-".join(_format_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def run_name(values: dict[str, Any]) -> str:
     """Directory name of a run: ``field=value`` pairs of its swept values, with the last path
     component of each field (``model_overrides.widths`` -> ``widths``); long names are cut and
     made unique with a hash."""
     short = [key.rsplit(".", 1)[-1] for key in values]
     keys = [s if short.count(s) == 1 else k for s, k in zip(short, values)]
-    name = ",".join(f"{k}={_format_value(v)}" for k, v in zip(keys, values.values()))
+    name = ",".join(f"{k}={value_label(v, separator='-')}" for k, v in zip(keys, values.values()))
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name) or "base"
     if len(name) > _MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
