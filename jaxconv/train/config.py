@@ -34,7 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9
     c.weight_decay = 5e-4                             # on kernels only
     c.schedule = "cosine"                             # cosine | step | constant
-    c.step_boundaries = (0.5, 0.75)                   # "step": x0.1 at these fractions of training
+    c.step_boundaries = (0.5, 0.75)                   # "step": lr x step_factor at these
+    c.step_factor = 0.1                               # fractions of training
     c.warmup_steps = 0
     c.label_smoothing = 0.0
     c.grad_clip_norm = config_dict.placeholder(float)

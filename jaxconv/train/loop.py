@@ -72,6 +72,9 @@ def validate_config(config) -> None:
             raise ValueError(f"config.image_size={config.image_size!r}: must be None (native size) "
                              f"or a positive int, for 2-D image datasets ({config.dataset} is "
                              f"{h}x{w})")
+    if not 0 < config.step_factor <= 1:
+        raise ValueError(f"config.step_factor={config.step_factor!r} must be in (0, 1]: the "
+                         "factor the learning rate is multiplied by at each step boundary")
     for field in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
         if config[field] < 0:
             raise ValueError(f"config.{field}={config[field]} must be >= 0 (0 disables)")

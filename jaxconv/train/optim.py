@@ -9,14 +9,16 @@ SCHEDULES = ("cosine", "step", "constant")
 
 
 def make_schedule(config, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0, then cosine decay to 0, step decay (x0.1 at each fraction of
-    ``total_steps`` in ``config.step_boundaries``, as in the ResNet papers) or constant."""
+    """Linear warmup from 0, then cosine decay to 0, step decay (x ``config.step_factor`` at each
+    fraction of ``total_steps`` in ``config.step_boundaries``: 0.1 in the ResNet papers, 0.2 in
+    Wide ResNets) or constant."""
     warmup = min(int(config.warmup_steps), total_steps)
     base = float(config.learning_rate)
     if config.schedule == "cosine":
         after = optax.cosine_decay_schedule(base, max(total_steps - warmup, 1))
     elif config.schedule == "step":
-        boundaries = {int(f * total_steps) - warmup: 0.1 for f in config.step_boundaries}
+        boundaries = {int(f * total_steps) - warmup: float(config.step_factor)
+                      for f in config.step_boundaries}
         after = optax.piecewise_constant_schedule(base, boundaries)
     elif config.schedule == "constant":
         after = optax.constant_schedule(base)
