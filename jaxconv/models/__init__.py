@@ -18,3 +18,5 @@ from jaxconv.models.resnet import ResNet
 
 __all__ = ["ResNet", "allcnn", "densenet", "inception", "mobilenet", "nin", "residual_stack",
            "resnet", "vgg", "wrn"]
+from jaxconv.models import convnext  # noqa: E402,F401  (issue 6: ConvNeXt)
+from jaxconv.models import inception_next  # noqa: E402,F401  (issue 6: InceptionNeXt)

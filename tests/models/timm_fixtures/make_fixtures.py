@@ -67,6 +67,19 @@ FIXTURES: dict[str, tuple[int, bool]] = {
     "densenet201": (64, True),
     # Inception v3 needs >= 75; 107 leaves 2x2 after Mixed_7c and odd sizes before it.
     "inception_v3": (107, False),
+    # Modern ConvNets (issue 6). 64 leaves 2x2 maps in the last stage (stride 32).
+    "convnext_tiny": (64, False),
+    "convnext_small": (64, True),
+    "convnext_base": (64, True),
+    "inception_next_tiny": (64, False),
+    "inception_next_small": (64, True),
+    "inception_next_base": (64, True),
+    # 72: the avg-pool shortcuts see odd maps (9x9 into layer3, 5x5 into layer4: ceil mode).
+    "ecaresnet50d": (72, False),
+    # CoAtNet (issue 7): the relative position tables cover the whole 14x14 / 7x7 maps of
+    # timm's default 224 model, so its fixed input size 224 is the only one that fits them.
+    "coatnet_0_rw_224": (224, False),
+    "coatnet_0_224": (224, True),
 }
 
 
