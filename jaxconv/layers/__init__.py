@@ -30,3 +30,6 @@ __all__ = [
 from jaxconv.layers.depthwise import DepthwiseConv2D  # noqa: E402  (issue 5)
 
 __all__ += ["DepthwiseConv2D"]
+from jaxconv.layers.dcls import DclsDepthwiseConv2D  # noqa: E402  (issue 6)
+
+__all__ += ["DclsDepthwiseConv2D"]
