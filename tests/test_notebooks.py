@@ -64,3 +64,16 @@ def test_model_zoo_lists_models_and_draws_stages(monkeypatch):
     assert "resnet20" in text and "resnet50" in text and "stage2" in text
     assert "0.27" in text  # resnet20's 0.27M parameters
 
+
+def test_receptive_fields_compares_models_at_a_small_size(monkeypatch):
+    """receptive_fields.ipynb (issue 6) on toy-depth/width models of each family (64x64 input,
+    2 inputs): the area-ratio table and the heatmaps come out."""
+    monkeypatch.setenv("JAXCONV_ERF_SMALL", "1")
+    monkeypatch.setenv("JAXCONV_ERF_SIZE", "64")
+    monkeypatch.setenv("JAXCONV_ERF_INPUTS", "2")
+    nb = execute("receptive_fields.ipynb")
+    text = outputs_text(nb)
+    for label in ("ResNet-50", "ConvNeXt-T", "large kernel", "ConvNeXt-T-dcls", "t=20%", "t=99%"):
+        assert label in text, label
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1
