@@ -33,3 +33,7 @@ __all__ += ["DepthwiseConv2D"]
 from jaxconv.layers.dcls import DclsDepthwiseConv2D  # noqa: E402  (issue 6)
 
 __all__ += ["DclsDepthwiseConv2D"]
+from jaxconv.layers import reparam  # noqa: E402  (issue 6: structural re-parameterization)
+from jaxconv.layers.reparam import ConvBN, reparameterize  # noqa: E402
+
+__all__ += ["ConvBN", "reparam", "reparameterize"]
