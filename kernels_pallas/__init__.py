@@ -13,3 +13,6 @@ from kernels_pallas.core import IMPLEMENTATIONS, compile_for, interpret_as
 from kernels_pallas.depthwise_conv2d import depthwise_conv2d
 
 __all__ = ["IMPLEMENTATIONS", "compile_for", "depthwise_conv2d", "interpret_as"]
+from kernels_pallas.flash_attention import flash_attention  # noqa: E402
+
+__all__ += ["flash_attention"]
