@@ -64,8 +64,10 @@ def test_stage_by_name_or_index():
     first = effective_receptive_field(model, variables, (13, 13, 2), stage="stage0",
                                       num_inputs=1)
     assert support(first)[0] == (3, 3)
-    by_index = effective_receptive_field(model, variables, (13, 13, 2), stage=0, num_inputs=1)
-    np.testing.assert_allclose(first, by_index)
+    # (Also: the fully optimised compile gives the same map as the default fast CPU compile.)
+    by_index = effective_receptive_field(model, variables, (13, 13, 2), stage=0, num_inputs=1,
+                                         fast_compile=False)
+    np.testing.assert_allclose(first, by_index, rtol=1e-5)
     with pytest.raises(ValueError, match="stage='stage5'"):
         effective_receptive_field(model, variables, (13, 13, 2), stage="stage5")
     with pytest.raises(ValueError, match="stage must be"):

@@ -91,7 +91,7 @@ def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[
     # Checks the stage before anything is compiled (abstract trace only).
     _select_stage(_abstract_stages(model, variables, (1, *size)), stage)
 
-    def central(x):
+    def central(x, variables):
         feature = _select_stage(stage_features(model, variables, x), stage)
         h, w = feature.shape[1:3]
         value = feature[:, h // 2, w // 2, :].astype(jnp.float32)
@@ -99,8 +99,10 @@ def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[
             value = jax.nn.relu(value)
         return value.sum()
 
-    def contribution(x):
-        grad = jax.grad(central)(x)
+    # The variables are an argument, not a closure: closed-over arrays would be baked into the
+    # program as constants (slow compiles, constant folding of every weight).
+    def contribution(x, variables):
+        grad = jax.grad(central)(x, variables)
         grad = jnp.abs(grad) if aggregation == "abs" else jax.nn.relu(grad)
         return grad.sum(axis=(0, 3))
 
@@ -109,8 +111,8 @@ def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[
     for start in range(0, inputs.shape[0], batch_size):
         batch = inputs[start:start + batch_size]
         if batch.shape not in compiled:
-            compiled[batch.shape] = _compile(contribution, batch, fast_compile)
-        total += np.asarray(compiled[batch.shape](batch), np.float64)
+            compiled[batch.shape] = _compile(contribution, (batch, variables), fast_compile)
+        total += np.asarray(compiled[batch.shape](batch, variables), np.float64)
     return total / inputs.shape[0]
 
 
@@ -119,8 +121,8 @@ def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[
 FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
-def _compile(fn, x, fast_compile: bool):
-    lowered = jax.jit(fn).lower(x)
+def _compile(fn, args, fast_compile: bool):
+    lowered = jax.jit(fn).lower(*args)
     if not fast_compile or jax.default_backend() != "cpu":
         return lowered.compile()
     try:

@@ -9,16 +9,17 @@ each weight is spread over the 4 integer cells around its position with bilinear
 depthwise convolution, here :func:`kernels_pallas.depthwise_conv2d` (the op
 :class:`jaxconv.layers.DepthwiseConv2D` uses), so ``implementation`` selects XLA or Pallas as
 for the dense layer. Gradients flow to the weights and, through the bilinear coefficients, to
-the positions. Cost over a dense KxK depthwise conv: building the kernel,
-O(kernel_count * C * (KH + KW) + kernel_count * C * KH * KW), negligible next to the conv.
+the positions. Cost over a dense KxK depthwise conv: building the kernel, O(kernel_count * C *
+KH * KW), negligible next to the conv's O(B * H * W * C * KH * KW).
 
 Parameters (float32):
 
 * ``weight`` [kernel_count, C]: the non-zero kernel values.
 * ``positions`` [2, kernel_count, C]: (row, column) offsets from the window centre, in pixels.
-  Positions are clamped to the window (|offset| <= (K - 1) / 2) when the kernel is built, so a
-  position pushed outside stops receiving gradient along that axis (the official code clamps
-  the parameter in place after each step instead; the forward result is the same).
+  Positions are clamped to the window (|offset| <= (K - 1) / 2) when the kernel is built, with
+  the gradient passed straight through: a position pushed outside acts as if on the border and
+  gets the border's gradient, so it can come back (the official code clamps the parameter in
+  place after each optimiser step instead; the forward result is the same).
 * ``bias`` [C] when ``use_bias``.
 
 Initialisation follows the official code (github.com/K-H-Ismail/Dilated-Convolution-with-
@@ -35,8 +36,9 @@ the sum of the interpolation coefficients plus 1e-7, which differs from this lay
 relative 1e-7. Its padding is ``kernel_size // 2``, as ``padding=None`` here.
 
 Model-level sharing: the official ConvNeXt-dcls shares one ``positions`` array between all
-blocks of a stage; :func:`interpolate_kernel` and the ``positions`` call argument serve that
-(a caller that owns the shared positions passes them in, and the layer then creates none).
+blocks of a stage; the ``positions`` call argument or the ``shared_positions`` field serve that
+(a caller that owns the shared positions passes them in, and the layer then creates none;
+see :mod:`jaxconv.models.convnext_dcls`).
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def interpolate_kernel(weight: jax.Array, positions: jax.Array,
     """Dense [KH, KW, C] kernel from ``weight`` [N, C] at ``positions`` [2, N, C] (bilinear).
 
     ``positions`` are (row, column) offsets from the window centre; they are clamped to the
-    window. Element n of channel c adds ``weight[n, c] * a_r * a_q`` to cell (r, q) for the two
+    window (gradient passed straight through). Element n of channel c adds ``weight[n, c] * a_r * a_q`` to cell (r, q) for the two
     rows r around its row position and the two columns q around its column position, where a
     is 1 - |distance| (so an integer position lands on one cell, a half-integer one is split
     equally). Computed in float32, or float64 if an argument is float64.
@@ -84,8 +86,10 @@ def interpolate_kernel(weight: jax.Array, positions: jax.Array,
     positions = jnp.asarray(positions, dtype)
 
     def coefficients(offset, size):
-        # Index space: 0 .. size - 1, centre (size - 1) / 2.
-        index = jnp.clip(offset + (size - 1) / 2, 0.0, size - 1)
+        # Index space: 0 .. size - 1, centre (size - 1) / 2. The clamp passes gradients
+        # straight through: a position beyond the border acts as on it, with its gradient.
+        index = offset + (size - 1) / 2
+        index = index + jax.lax.stop_gradient(jnp.clip(index, 0.0, size - 1) - index)
         low = jnp.clip(jnp.floor(index), 0, max(size - 2, 0))
         frac = index - low  # in [0, 1]; gradient 1 w.r.t. the position
         low = low.astype(jnp.int32)

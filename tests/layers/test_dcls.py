@@ -55,6 +55,13 @@ def test_positions_are_clamped_to_the_window():
     k = np.asarray(interpolate(weight, positions, (5, 5)))[..., 0]
     assert k[4, 0] == 1.0  # (9, -9) clamped to the corner (2, -2)
     np.testing.assert_allclose(k[1:3, 4], [0.25, 0.75])  # column clamped to 2, row -0.25
+    # The clamp passes the gradient through: outside the window a position gets the border's
+    # gradient (so it can come back), not zero.
+    probe = jnp.asarray(np.random.default_rng(5).standard_normal((5, 5, 1)), jnp.float32)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(probe * interpolate_kernel(weight, p, (5, 5)))))
+    border = positions.at[:, 0].set(jnp.array([[2.0], [-2.0]]))
+    np.testing.assert_allclose(grad(positions)[:, 0], grad(border)[:, 0])
+    assert np.all(np.asarray(grad(positions)[:, 0]) != 0)
 
 
 def test_interpolation_matches_numpy_on_random_positions():
@@ -162,15 +169,18 @@ def test_parameters_and_official_init():
         "weight": ((34, 64), jnp.float32), "positions": ((2, 34, 64), jnp.float32),
         "bias": ((64,), jnp.float32)}
     # Official init: N(0, 0.5^2) clamped to the window (+-8 here; +-1 for a 3x3 window).
-    positions = np.asarray(jax.jit(dcls_position_init((17, 17)), static_argnums=1)(
-        jax.random.key(1), (2, 34, 64)))
+    @jax.jit
+    def draws(key):
+        k1, k2 = jax.random.split(key)
+        return (dcls_position_init((17, 17))(k1, (2, 34, 64)),
+                dcls_position_init((3, 3))(k1, (2, 34, 64)),
+                torch_depthwise_uniform(lambda s: 34)(k2, (34, 64)))
+
+    positions, small, weight = (np.asarray(a) for a in draws(jax.random.key(1)))
     assert abs(positions.mean()) < 0.03 and positions.std() == pytest.approx(0.5, rel=0.05)
-    small = np.asarray(jax.jit(dcls_position_init((3, 3)), static_argnums=1)(
-        jax.random.key(1), (2, 34, 64)))
     assert small.max() == 1.0 and small.min() == -1.0
+    np.testing.assert_array_equal(small, np.clip(positions, -1, 1))
     bound = 1 / np.sqrt(34)
-    weight = np.asarray(jax.jit(torch_depthwise_uniform(lambda s: 34), static_argnums=1)(
-        jax.random.key(2), (34, 64)))
     assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.95 * bound
 
 
