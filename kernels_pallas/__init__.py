@@ -16,3 +16,6 @@ __all__ = ["IMPLEMENTATIONS", "compile_for", "depthwise_conv2d", "interpret_as"]
 from kernels_pallas.flash_attention import flash_attention  # noqa: E402
 
 __all__ += ["flash_attention"]
+from kernels_pallas.neighborhood_attention import neighborhood_attention  # noqa: E402
+
+__all__ += ["neighborhood_attention"]
