@@ -334,7 +334,8 @@ def backward(q, k, v, bias, o, lse, do, plan: Plan, interpret: Any):
     bias_args = (bias,) if has_bias else ()
 
     q_spec, row_spec, k_spec, bias_spec = _specs(plan, head_dim, kv_major=False)
-    ds_spec = pl.BlockSpec((None, None, plan.block_q, plan.block_k), lambda b, h, i, j: (b, h, i, j))
+    ds_spec = pl.BlockSpec((None, None, plan.block_q, plan.block_k),
+                           lambda b, h, i, j: (b, h, i, j))
     write_ds = has_bias and not plan.dbias_kernel
     dq_out = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
     if write_ds:
@@ -361,7 +362,8 @@ def backward(q, k, v, bias, o, lse, do, plan: Plan, interpret: Any):
         in_specs=[q_spec, k_spec, k_spec] + ([bias_spec] if has_bias else [])
         + [row_spec, row_spec, q_spec],
         out_specs=[k_spec, k_spec],
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
+                   jax.ShapeDtypeStruct(v.shape, v.dtype)],
         scratch_shapes=[pltpu.VMEM((plan.block_k, head_dim), F32),
                         pltpu.VMEM((plan.block_k, head_dim), F32)],
         compiler_params=_compiler_params(plan),

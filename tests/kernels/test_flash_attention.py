@@ -6,13 +6,16 @@ the TPU kernels in the generic interpreter with 16x16 score tiles (tuning.INTERP
 the small shapes drawn here (odd L and S, L != S, not multiples of the tile) span several
 blocks, padded edges and causally skipped blocks. The kernels are also lowered for TPU.
 
-Interpreted kernels cost seconds to compile on this CPU, so the Pallas checks use their own
-single-jit comparison compiled at XLA optimisation level 0 (``_check_fast``; the numbers are
-the same, the compile ~3x faster); more random shapes run under ``-m slow``.
+Interpreted kernels cost seconds to compile on this CPU, so the checks use their own
+single-jit comparison compiled at XLA optimisation level 0 (``_check_fast``, with the harness's
+tolerances and cotangents; the numbers are the same, the compile ~3x faster); more random shapes
+run under ``-m slow``.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
 import os
 import subprocess
@@ -28,7 +31,7 @@ from hypothesis import strategies as st
 
 from kernels_pallas import compile_for, core, flash_attention, interpret_as
 from kernels_pallas.flash_attention import api, flash_attention_reference, pallas_tpu, tuning
-from tests.kernels.harness import _cotangent, assert_close, check_against_reference
+from tests.kernels.harness import _cotangent, assert_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,26 +54,9 @@ def _arrays(batch, q_len, kv_len, heads, head_dim, dtype, bias, seed=0):
     return q, k, v, b
 
 
-def _check(shape, dtype, bias, causal, implementation, scale=None):
-    q, k, v, b = _arrays(*shape, dtype, bias)
-
-    def op(q, k, v, b):
-        return flash_attention(q, k, v, bias=b, causal=causal, scale=scale,
-                               implementation=implementation)
-
-    def reference(q, k, v, b):
-        return flash_attention_reference(q, k, v, bias=b, causal=causal, scale=scale)
-
-    diff = (0, 1, 2) if b is None else (0, 1, 2, 3)
-    return check_against_reference(op, reference, (q, k, v, b), diff_argnums=diff)
-
-
 # ------------------------------------------------------------------------- against reference
-def test_xla_path_matches_reference_with_the_harness():
-    _check((2, 6, 6, 1, 8), "bfloat16", "1,1", True, "xla")
-
-
 @pytest.mark.parametrize("shape, dtype, bias, causal, scale", [
+    ((2, 6, 6, 1, 8), "bfloat16", "1,1", True, None),
     ((2, 5, 7, 3, 8), "float32", "1,H", False, None),
     ((1, 9, 4, 2, 16), "float32", "B,H", True, 0.3),
     ((2, 3, 8, 1, 8), "bfloat16", "B,1", False, None),
@@ -160,6 +146,37 @@ def test_pallas_path_matches_reference(shape, dtype, bias, causal):
     _check_fast(shape, dtype, bias, causal, "pallas")
 
 
+@pytest.fixture
+def dbias_kernel(monkeypatch):
+    """Broadcast biases take the dbias reduction kernel instead of per-example dS tiles."""
+    for name in ("INTERPRET_BLOCKS",):
+        monkeypatch.setattr(tuning, name, dataclasses.replace(getattr(tuning, name),
+                                                              dbias_tiles_max_bytes=0))
+    monkeypatch.setattr(tuning, "TPU_BLOCKS",
+                        {"default": tuning.TpuBlocks(dbias_tiles_max_bytes=0)})
+
+
+@pytest.mark.parametrize("shape, dtype, bias, causal", [
+    ((3, 21, 37, 2, 8), "float32", "1,1", True),     # sums over batch and heads
+    pytest.param((2, 19, 17, 3, 8), "bfloat16", "1,H", False, marks=pytest.mark.slow),
+    pytest.param((2, 9, 33, 2, 8), "float32", "B,1", True, marks=pytest.mark.slow),
+])
+def test_bias_gradient_reduction_kernel(dbias_kernel, shape, dtype, bias, causal):
+    _check_fast(shape, dtype, bias, causal, "pallas")
+
+
+def test_plan_picks_the_dbias_kernel_only_for_large_broadcast_biases():
+    blocks = tuning.TpuBlocks(dbias_tiles_max_bytes=8 * 256 * 256 * 4)
+    plan = functools.partial(pallas_tpu.make_plan, 2, 4, 250, 256, False, 1.0, blocks=blocks)
+    assert not plan(bias_shape=(1, 4, 250, 256)).dbias_kernel        # 2*4*256*256*4 B: fits
+    assert not plan(bias_shape=(2, 4, 250, 256)).dbias_kernel        # not broadcast
+    big = functools.partial(pallas_tpu.make_plan, 4, 4, 250, 256, False, 1.0, blocks=blocks)
+    assert big(bias_shape=(1, 4, 250, 256)).dbias_kernel
+    assert big(bias_shape=(4, 1, 250, 256)).dbias_kernel
+    assert not big(bias_shape=(4, 4, 250, 256)).dbias_kernel
+    assert not big(bias_shape=None).dbias_kernel
+
+
 @st.composite
 def attention_cases(draw):
     # S >= 2: with one key the softmax is constant, dq is exactly 0 and a relative error of
@@ -179,16 +196,21 @@ def test_pallas_path_matches_reference_on_random_shapes(case):
     _check_fast(shape, dtype, bias, causal, "pallas", scale)
 
 
+@pytest.mark.slow  # ~15-20 s on the shared 2-core machine; the generic interpreter covers the math
 def test_tpu_kernel_under_tpu_interpreter():
     """The same kernels under pltpu.InterpretParams (VMEM scratch, block copies simulated)."""
-    _check_fast((1, 19, 21, 1, 8), "float32", "1,H", True, "pallas", context=interpret_as("tpu"))
+    _check_fast((1, 9, 18, 1, 8), "float32", "1,H", True, "pallas", context=interpret_as("tpu"))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_kernels_lower_for_tpu(dtype):
-    """Forward, dq (+ dS) and dk/dv kernels lower to Mosaic MLIR with the compiled TPU blocks
-    (128x128 tiles; causal clamped index maps, padding masks, a [1, H, L, S] bias). Not a
-    compilation: that needs the device."""
+@pytest.mark.parametrize("reduction_kernel", [False, True])
+def test_kernels_lower_for_tpu(dtype, reduction_kernel, monkeypatch):
+    """Forward, dq (+ dS) and dk/dv kernels (and the dbias reduction kernel) lower to Mosaic
+    MLIR with the compiled TPU blocks (128x128 tiles; causal clamped index maps, padding masks,
+    a [1, H, L, S] bias). Not a compilation: that needs the device."""
+    if reduction_kernel:
+        monkeypatch.setattr(tuning, "TPU_BLOCKS",
+                            {"default": tuning.TpuBlocks(dbias_tiles_max_bytes=0)})
     q = jax.ShapeDtypeStruct((2, 300, 4, 64), jnp.dtype(dtype))
     k = jax.ShapeDtypeStruct((2, 200, 4, 64), jnp.dtype(dtype))
     b = jax.ShapeDtypeStruct((1, 4, 300, 200), jnp.float32)
@@ -200,7 +222,7 @@ def test_kernels_lower_for_tpu(dtype):
     with compile_for("tpu"):
         lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, k, k, b).lower(
             lowering_platforms=("tpu",))
-    assert lowered.as_text().count("tpu_custom_call") == 3
+    assert lowered.as_text().count("tpu_custom_call") == 3 + reduction_kernel
 
 
 def test_causal_tiles_skipped_are_exactly_the_fully_masked_ones():
@@ -208,7 +230,7 @@ def test_causal_tiles_skipped_are_exactly_the_fully_masked_ones():
     stay in range."""
     for q_len, kv_len, bq, bk in [(37, 21, 16, 16), (9, 40, 8, 16), (300, 200, 128, 128),
                                   (64, 64, 32, 16)]:
-        plan = pallas_tpu.make_plan(q_len, kv_len, True, 1.0, None,
+        plan = pallas_tpu.make_plan(1, 1, q_len, kv_len, True, 1.0, None,
                                     tuning.TpuBlocks(block_q=bq, block_k=bk))
         for i in range(plan.num_q):
             for j in range(plan.num_k):
@@ -231,42 +253,49 @@ def test_pallas_path_refuses_the_gpu_target(monkeypatch):
 SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from kernels_pallas import flash_attention
-    from jaxconv.train import mesh as mesh_lib
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from kernels_pallas.flash_attention import flash_attention_reference
 
     assert jax.device_count() == 8
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.standard_normal((16, 12, 2, 8)), jnp.float32) for _ in range(3))
     shared = jnp.asarray(rng.standard_normal((1, 2, 12, 12)), jnp.float32)
     per_example = jnp.asarray(rng.standard_normal((16, 1, 12, 12)), jnp.float32)
-    mesh = mesh_lib.make_data_mesh()
+
+    def loss(attention, shared, q, k, v, per_example):
+        y = attention(q, k, v, bias=shared + per_example, causal=True)  # batched bias
+        y2 = attention(q, k, v, bias=shared)                            # replicated bias
+        return jnp.sum(y ** 2) + jnp.sum(jnp.sin(y2))
+
+    pallas = lambda *a, **kw: flash_attention(*a, implementation="pallas", **kw)
+    args = (shared, q, k, v, per_example)
+    argnums = (1, 2, 3, 4, 5)
     fast = {"xla_backend_optimization_level": 0}
-    for implementation in ("pallas",):
-        def loss(shared, q, k, v, per_example):
-            y = flash_attention(q, k, v, bias=shared + per_example, causal=True,
-                                implementation=implementation)
-            y2 = flash_attention(q, k, v, bias=shared, implementation=implementation)
-            return jnp.sum(y ** 2) + jnp.sum(jnp.sin(y2))
-        grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
-        args = (shared, q, k, v, per_example)
-        value, grads = jax.jit(grad).lower(*args).compile(compiler_options=fast)(*args)
-        with jax.set_mesh(mesh):
-            batch = mesh_lib.batch_sharded(mesh)
-            step = jax.jit(grad, in_shardings=(mesh_lib.replicated(mesh),) + (batch,) * 4,
-                           out_shardings=mesh_lib.replicated(mesh))
-            per_shard = "shard_map" in str(jax.make_jaxpr(step)(*args))
-            s_value, s_grads = step.lower(*args).compile(compiler_options=fast)(*args)
-        assert per_shard, "the Pallas path must run per batch shard"
-        np.testing.assert_allclose(s_value, value, rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(s_grads), jax.tree.leaves(grads), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    value, grads = jax.jit(jax.value_and_grad(lambda *a: loss(flash_attention_reference, *a),
+                                              argnums=tuple(i - 1 for i in argnums))).lower(
+        *args).compile(compiler_options=fast)(*args)
+    # The training loop's mesh (jaxconv.train.mesh, not imported: it costs seconds).
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    with jax.set_mesh(mesh):
+        batch = NamedSharding(mesh, P("data"))
+        step = jax.jit(jax.value_and_grad(lambda *a: loss(pallas, *a),
+                                          argnums=tuple(i - 1 for i in argnums)),
+                       in_shardings=(NamedSharding(mesh, P()),) + (batch,) * 4,
+                       out_shardings=NamedSharding(mesh, P()))
+        assert "shard_map" in str(jax.make_jaxpr(step)(*args)), "no per-shard Pallas call"
+        s_value, s_grads = step.lower(*args).compile(compiler_options=fast)(*args)
+    np.testing.assert_allclose(s_value, value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     print("SHARDED_OK")
 """)
 
 
-def test_jit_on_an_8_device_mesh_matches_the_unsharded_run():
+
+def test_jit_on_an_8_device_mesh_matches_the_reference():
     """Under a batch-sharded jit the Pallas path runs per shard (shard_map); value and all
     gradients (a shared [1, H, L, S] bias's summed over shards, a per-example [B, 1, L, S] one
-    split with the batch) equal one device's."""
+    split with the batch) equal the reference's on one device."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
@@ -288,22 +317,17 @@ def test_auto_choice(monkeypatch):
     assert api.choose_implementation("cudnn", g) == "cudnn"
     monkeypatch.setattr(tuning, "AUTO_CUDNN_DEVICE_KINDS", ("NVIDIA H100",))
     assert api.choose_implementation(None, g) == "cudnn"
-    f32 = dataclasses_replace(g, dtype="float32")
+    f32 = dataclasses.replace(g, dtype="float32")
     assert api.choose_implementation(None, f32) == "xla"          # cuDNN: half precision only
-    with_bias = dataclasses_replace(g, bias_shape=(1, 2, 4, 4))
+    with_bias = dataclasses.replace(g, bias_shape=(1, 2, 4, 4))
     assert api.choose_implementation(None, with_bias) == "xla"
-    odd_dim = dataclasses_replace(g, head_dim=12)
+    odd_dim = dataclasses.replace(g, head_dim=12)
     assert api.choose_implementation(None, odd_dim) == "xla"
     monkeypatch.setattr(core, "platform", lambda: "tpu")
     monkeypatch.setattr(core, "device_kind", lambda: "TPU v5 lite")
     assert api.choose_implementation(None, g) == "xla"
     monkeypatch.setattr(tuning, "AUTO_PALLAS_DEVICE_KINDS", ("TPU v5",))
     assert api.choose_implementation(None, g) == "pallas"
-
-
-def dataclasses_replace(geometry, **changes):
-    import dataclasses
-    return dataclasses.replace(geometry, **changes)
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -357,7 +381,7 @@ def test_bench_rows_and_flop_count(tmp_path):
     assert fa_bench.forward_flops(2, 3, 5, 3, 8, False) == 4 * 2 * 3 * 8 * 15
     out = tmp_path / "rows.csv"
     rows = bench.main(["flash_attention", "--seq_lens", "16", "--tokens", "32", "--heads",
-                       "1", "--head_dim", "8", "--dtype", "float32", "--bias", "--causal",
+                       "1", "--head_dim", "8", "--dtype", "float32", "--causal",
                        "--implementations", "dpa_xla,auto", "--repeats", "1",
                        "--csv", str(out), "--note", "test"])
     assert [(r["seq_len"], r["batch"], r["implementation"]) for r in rows] == [
