@@ -25,6 +25,7 @@ ARGS = {
     "cifar10_wrn": [None, "wrn16_8", "runlocal"],
     "cifar10_nin": [None, "runlocal"],
     "cifar10_allcnn": [None, "runlocal"],
+    "cifar10_coatnet": [None, "coatnet_0_224", "coatnet_0_rw_224,runlocal"],
 }
 
 

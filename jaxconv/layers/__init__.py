@@ -37,3 +37,6 @@ from jaxconv.layers import reparam  # noqa: E402  (issue 6: structural re-parame
 from jaxconv.layers.reparam import ConvBN, reparameterize  # noqa: E402
 
 __all__ += ["ConvBN", "reparam", "reparameterize"]
+from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias  # noqa: E402  (issue 7)
+
+__all__ += ["MultiHeadAttention", "RelativePositionBias"]

@@ -49,7 +49,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxconv.convert.timm import register_timm_family

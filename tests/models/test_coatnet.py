@@ -4,8 +4,8 @@ relative-position layout. Parity itself runs in tests/convert/test_timm_parity.p
 
 Compile cost drives the design (2-core CPU): counts and shapes use eval_shape; the train-mode
 tests use a tiny CoAtNet with every code path of the big ones (stride-2 and stride-1 MBConv and
-transformer blocks, both styles) at 64x64; only the parity-sensitivity test compiles the full
-coatnet_0_rw_224 at 224 (its relative tables fix that size).
+transformer blocks, both styles) at 32x32; only the parity-sensitivity test (marked slow)
+compiles the full coatnet_0_rw_224 at 224 (its relative tables fix that size).
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ PARAM_COUNTS = {"coatnet_0_rw_224": 27_435_562, "coatnet_0_224": 25_036_820}
 # 224^2, 4.2B FLOPs); the count rounds to it at the paper's precision (whole millions).
 PAPER_MILLIONS = {"coatnet_0_224": "25"}
 
-# Every code path of the full models, small: stride-2 and stride-1 blocks of both kinds.
-TINY = dict(depths=(1, 2, 1, 2), embed_dims=(16, 32, 32, 64), stem_widths=(8, 16), head_dim=16,
-            num_classes=5)
+# Every code path of the full models, small: a C stage and a T stage, each with a stride-2 and a
+# stride-1 block (4 blocks compile 2x faster than the 4-stage layout; stride 8 overall).
+TINY = dict(depths=(2, 2), embed_dims=(16, 32), block_types=("C", "T"), stem_widths=(8, 16),
+            head_dim=8, num_classes=5)
+TINY_SHAPE = (4, 32, 32, 3)
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 FIXTURE = pathlib.Path(__file__).resolve().parent / "timm_fixtures" / "coatnet_0_rw_224.npz"
 
@@ -122,8 +124,10 @@ def test_other_input_sizes_are_refused_clearly():
     with pytest.raises(ValueError, match="another input size"):
         jax.eval_shape(lambda v, x: model.apply(v, x), variables,
                        jax.ShapeDtypeStruct((1, 96, 96, 3), jnp.float32))
+    with pytest.raises(ValueError, match="multiples of 8"):  # two stages: stride 8
+        init_variables(model, (1, 44, 64, 3))
     with pytest.raises(ValueError, match="multiples of 32"):
-        init_variables(model, (1, 48, 64, 3))
+        init_variables(jaxconv.create_model("coatnet_0_224"), (1, 240, 240, 3))
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -147,13 +151,13 @@ def test_implementation_reaches_the_attention_op():
     """The model field is what the op gets: 'cudnn' is refused by flash_attention off GPU."""
     model = CoAtNet(**TINY, implementation="cudnn")
     with pytest.raises(ValueError, match="cudnn"):
-        init_variables(model, (1, 64, 64, 3))
-    init_variables(model.clone(implementation="xla"), (1, 64, 64, 3))
+        init_variables(model, TINY_SHAPE)
+    init_variables(model.clone(implementation="xla"), TINY_SHAPE)
 
 
 def test_attention_width_must_split_into_heads():
     with pytest.raises(ValueError, match="head_dim"):
-        init_variables(CoAtNet(**{**TINY, "head_dim": 12}), (1, 64, 64, 3))
+        init_variables(CoAtNet(**{**TINY, "head_dim": 12}), TINY_SHAPE)
 
 
 # --------------------------------------------------------- train mode, backward, jit
@@ -164,7 +168,7 @@ def test_train_step_backward_and_jit(style):
     """Train mode with drop path under jit: finite loss, BN statistics move, every parameter
     gets a gradient; then eval mode is deterministic and differs from train mode."""
     model = CoAtNet(**TINY, style=style, drop_path_rate=0.2)
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 64, 64, 3)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=TINY_SHAPE), jnp.float32)
     labels = jnp.arange(4) % 5
     if style == "rw":  # real init, once (the other style runs on NumPy variables)
         variables = _compile(lambda k, x: model.init(k, x, train=False),
@@ -199,18 +203,36 @@ def test_train_step_backward_and_jit(style):
     assert np.isfinite(out).all() and np.abs(out - logits).max() > 1e-4
 
 
+@pytest.mark.slow  # the Pallas kernels run interpreted on CPU: ~15 s of CPU for this
+def test_pallas_attention_path_matches_xla():
+    """The whole model, forward and gradients, with the Pallas flash-attention kernels."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=TINY_SHAPE), jnp.float32)
+    variables = numpy_variables(CoAtNet(**TINY), TINY_SHAPE)
+    results = {}
+    for implementation in ("xla", "pallas"):
+        model = CoAtNet(**TINY, implementation=implementation)
+        loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x) ** 2)  # noqa: E731
+        results[implementation] = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    (loss_x, grads_x), (loss_p, grads_p) = results["xla"], results["pallas"]
+    np.testing.assert_allclose(loss_p, loss_x, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads_p), jax.tree.leaves(grads_x)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
 def test_bfloat16_forward_shape_and_dtype():
     model = CoAtNet(**TINY, dtype="bfloat16")
-    out = jax.eval_shape(lambda v, x: model.apply(v, x), init_variables(model, (2, 64, 64, 3)),
-                         jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
-    assert out.shape == (2, 5) and out.dtype == jnp.float32
-    params = init_variables(model, (2, 64, 64, 3))["params"]
+    variables = init_variables(model, TINY_SHAPE)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables,
+                         jax.ShapeDtypeStruct(TINY_SHAPE, jnp.float32))
+    assert out.shape == (4, 5) and out.dtype == jnp.float32
+    params = variables["params"]
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype("float32")}
 
 
 # ------------------------------------------------------- parity notices wrong layouts
 
 
+@pytest.mark.slow  # compiles the full model at 224 (~10 s of CPU); the parity test runs by default
 def test_parity_notices_a_wrong_relative_position_layout():
     """Relative tables read with the offsets negated (rows reversed) or with dy and dx swapped
     move the logits beyond the parity tolerance (2e-5 of the logit scale).
