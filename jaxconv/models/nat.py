@@ -27,18 +27,20 @@ layer); at 224x224 the last level is 7x7, exactly NAT's window.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import unflatten_dict
 
 import kernels_pallas
 from jaxconv.layers import DropPath, canonical_dtype, conv2d, drop_path_rates
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D, trunc_normal_02
 from jaxconv.registry import register_model
 
-__all__ = ["NAT", "NATLayer", "NATLevel", "ConvTokenizer"]
+__all__ = ["NAT", "NATLayer", "NATLevel", "ConvTokenizer", "variables_from_official"]
 
 #: PyTorch's nn.LayerNorm epsilon (NAT's norm layer).
 LN_EPSILON = 1e-5
@@ -230,6 +232,43 @@ def _positive_ints(field: str, values) -> tuple[int, ...]:
                          for v in values):
         raise ValueError(f"{field} must be positive ints, got {values!r}")
     return tuple(int(v) for v in values)
+
+
+# ------------------------------------------------------------------------ authors' weights
+
+_AUTHORS_KEY = re.compile(r"(?:patch_embed\.proj\.(\d+)|.+)\.(weight|bias)$|.+\.(rpb|gamma[12])$")
+
+
+def variables_from_official(state_dict) -> dict:
+    """Variables for :class:`NAT` from a state dict of the authors' ``nat.py`` (their released
+    checkpoints use it): arrays or tensors convertible with ``np.asarray``.
+
+    The path rule of the module docstring: ``.`` -> ``/``, a list index joined to its parent
+    with ``_`` (``levels.0.blocks.1`` -> ``levels_0/blocks_1``, ``patch_embed.proj.0`` ->
+    ``patch_embed/proj_0``); linear weights are transposed to ``kernel``, conv weights
+    ``[O, I, kh, kw]`` become ``[kh, kw, I, O]``, LayerNorm weights become ``scale``; ``rpb``
+    and layer-scale ``gamma1/2`` are copied.
+    """
+    params = {}
+    for key, value in state_dict.items():
+        value = np.asarray(value, np.float32)
+        if _AUTHORS_KEY.fullmatch(key) is None:
+            raise ValueError(f"unexpected NAT state-dict key {key!r}")
+        module, leaf = key.rsplit(".", 1)
+        path = tuple(re.sub(r"\.(\d+)(?=\.|$)", r"_\1", module).split("."))
+        if leaf in ("rpb", "gamma1", "gamma2"):
+            params[path + (leaf,)] = value
+        elif leaf == "bias":
+            params[path + ("bias",)] = value
+        elif value.ndim == 4:
+            params[path + ("kernel",)] = value.transpose(2, 3, 1, 0)
+        elif value.ndim == 2:
+            params[path + ("kernel",)] = value.T
+        elif value.ndim == 1:
+            params[path + ("scale",)] = value
+        else:
+            raise ValueError(f"unexpected NAT state-dict key {key!r} with shape {value.shape}")
+    return {"params": unflatten_dict(params)}
 
 
 # --------------------------------------------------------------------------------- registry
