@@ -29,9 +29,20 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), after], [warmup])
 
 
+#: Parameters that are not weights and get no weight decay whatever their rank (as timm's
+#: ``no_weight_decay``): relative position bias tables (CoAtNet, NAT), class tokens (CvT) and
+#: DCLS kernel-element positions.
+NO_WEIGHT_DECAY = ("relative_position_bias_table", "rpb", "cls_token", "positions")
+
+
 def decay_mask(params):
-    """Weight decay on kernels only: biases and norm scales/offsets (1-D leaves) are not decayed."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """Weight decay on kernels only: biases, norm scales/offsets (1-D leaves) and the
+    :data:`NO_WEIGHT_DECAY` parameters are not decayed."""
+    def decayed(path, p):
+        name = str(getattr(path[-1], "key", path[-1]))
+        return p.ndim > 1 and name not in NO_WEIGHT_DECAY
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

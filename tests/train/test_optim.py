@@ -1,11 +1,12 @@
 """Learning-rate schedules built from a config."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from jaxconv.train import validate_config
 from jaxconv.train.config import default_config
-from jaxconv.train.optim import make_schedule
+from jaxconv.train.optim import decay_mask, make_schedule
 
 
 def _step_config(factor: float, warmup: int = 0):
@@ -35,3 +36,17 @@ def test_step_boundaries_count_from_the_start_with_warmup():
 def test_bad_step_factor_is_rejected(factor):
     with pytest.raises(ValueError, match="step_factor"):
         validate_config(_step_config(factor))
+
+
+def test_decay_mask_skips_biases_norms_and_position_parameters():
+    params = {"conv": {"kernel": np.zeros((3, 3, 4, 8)), "bias": np.zeros(8)},
+              "bn": {"scale": np.zeros(8)},
+              "attn": {"relative_position_bias_table": np.zeros((4, 49)),
+                       "qkv": {"kernel": np.zeros((8, 24))}},
+              "na": {"rpb": np.zeros((2, 13, 13))}, "cls_token": np.zeros((1, 1, 8)),
+              "dcls": {"positions": np.zeros((2, 34, 8)), "weight": np.zeros((34, 8))}}
+    mask = decay_mask(params)
+    assert mask["conv"] == {"kernel": True, "bias": False} and mask["bn"]["scale"] is False
+    assert mask["attn"] == {"relative_position_bias_table": False, "qkv": {"kernel": True}}
+    assert not mask["na"]["rpb"] and not mask["cls_token"] and not mask["dcls"]["positions"]
+    assert mask["dcls"]["weight"]
