@@ -17,6 +17,8 @@ key ends in                values (float32)
 ``weight``, ndim 1         norm scale: U(0.5, 1.5)
 ``running_var``            U(0.5, 2)
 ``running_mean``           N(0, 0.1^2)
+``..._bias_table``         attention logit bias (relative_position_bias_table): N(0, 1), so
+                           a wrongly oriented table shows in the logits (CoAtNet)
 anything else (``bias``)   N(0, 0.1^2)
 ``num_batches_tracked``    skipped (a counter; converters ignore it)
 =========================  ===========================================================
@@ -63,6 +65,8 @@ def seeded_tensor(key: str, shape: Sequence[int], seed: int) -> np.ndarray:
     if leaf == "weight" and len(shape) >= 2:
         std = 1.0 / math.sqrt(max(1, math.prod(shape[1:])))
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+    if leaf == "relative_position_bias_table":
+        return rng.standard_normal(shape, dtype=np.float32)
     if leaf == "weight" or leaf == "running_var":
         lo, hi = (0.5, 1.5) if leaf == "weight" else (0.5, 2.0)
         return rng.random(shape, dtype=np.float32) * np.float32(hi - lo) + np.float32(lo)

@@ -237,9 +237,9 @@ def test_parity_notices_a_wrong_relative_position_layout():
     """Relative tables read with the offsets negated (rows reversed) or with dy and dx swapped
     move the logits beyond the parity tolerance (2e-5 of the logit scale).
 
-    The margin is modest (measured: 1.5e-4 of the scale for negated offsets, ~7x the
-    tolerance) because the seeded tables are small (N(0, 0.1^2), seeded.py's rule for "other"
-    tensors) next to the q.k scores; the exact index layout is also checked by hand in
+    Measured: 1.8e-3 of the scale for negated offsets and 1.3e-3 for swapped axes, ~65-90x the
+    tolerance, because seeded.py gives bias tables N(0, 1) values (with the N(0, 0.1^2) of other
+    tensors the margin was only ~7x). The exact index layout is also checked by hand in
     tests/layers/test_attention.py.
     """
     fixture = read_fixture(FIXTURE)
@@ -265,4 +265,4 @@ def test_parity_notices_a_wrong_relative_position_layout():
     for what, fn in {"negated offsets": lambda t: t[::-1], "dy/dx swapped": swap_axes}.items():
         error = np.abs(forward(with_tables(fn), x) - fixture.logits).max()
         print(f"{what}: max |error| {error:.2e} = {error / scale:.1e} of the logit scale")
-        assert error > 3 * 2e-5 * scale, (what, error, scale)
+        assert error > 20 * 2e-5 * scale, (what, error, scale)
