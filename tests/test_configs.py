@@ -26,6 +26,7 @@ ARGS = {
     "cifar10_nin": [None, "runlocal"],
     "cifar10_allcnn": [None, "runlocal"],
     "cifar10_coatnet": [None, "coatnet_0_224", "coatnet_0_rw_224,runlocal"],
+    "cifar10_replknet": [None, "runlocal", "unireplknet_a,runlocal"],
     "cifar10_attention": [None, "nat_tiny", "cvt_13", "nat_mini,runlocal", "cvt_13,runlocal"],
 }
 

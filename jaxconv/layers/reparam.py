@@ -76,6 +76,8 @@ class Reparameterizable(Protocol):
 
 
 def is_reparameterizable(module: Any) -> bool:
+    """Whether ``module`` follows :class:`Reparameterizable` (a ``deploy`` field and a
+    ``deploy_variables`` method)."""
     return isinstance(module, nn.Module) and callable(getattr(type(module), "deploy_variables",
                                                               None)) and hasattr(module, "deploy")
 

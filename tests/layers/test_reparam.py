@@ -25,7 +25,7 @@ from jaxconv.layers.reparam import (
     pad_kernel,
     reparameterize,
 )
-from tests.models.test_densenet import numpy_variables
+from tests.models.test_densenet import _compile, numpy_variables
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -196,3 +196,50 @@ def test_reparameterize_rejects_bad_models():
     variables = init_variables(model, shape)
     with pytest.raises(ValueError, match="input_shape"):
         reparameterize(model, variables)  # traced with 3 channels by default
+
+
+# --------------------------------------------------------- every block of the model families
+
+
+def _blocks():
+    from jaxconv.models.replknet import ConvFFN, RepLKBlock, ReparamLargeKernelConv
+    from jaxconv.models.unireplknet import DILATED_BRANCHES, DilatedReparamBlock, UniRepLKNetBlock
+    blocks = {
+        "ConvBN_dense_stride2": ConvBN(6, 3, 2),
+        "ConvBN_depthwise_dilated": ConvBN(None, 3, depthwise=True, dilation=2),
+        "ReparamLargeKernelConv_13_5": ReparamLargeKernelConv(13, 5),
+        "ReparamLargeKernelConv_7_3": ReparamLargeKernelConv(7, 3),
+        "RepLKBlock": RepLKBlock(6, 9, 5),
+        "ConvFFN": ConvFFN(16),
+        "UniRepLKNetBlock_3": UniRepLKNetBlock(3),
+        "UniRepLKNetBlock_5": UniRepLKNetBlock(5),
+        "UniRepLKNetBlock_13": UniRepLKNetBlock(13),
+    }
+    blocks.update({f"DilatedReparamBlock_{k}": DilatedReparamBlock(k) for k in DILATED_BRANCHES})
+    return blocks
+
+
+def test_every_block_type_reparameterizes_exactly():
+    """Each block of RepLKNet/UniRepLKNet (and ConvBN variants), alone: training form in eval
+    mode vs deploy form, random variables with non-trivial BN statistics (and GRN beta, layer
+    scale), every dilated-reparam kernel size (7..17). One compile for all of them."""
+    shape = (2, 19, 19, 8)
+    x = jnp.asarray(_rng(7).normal(size=shape), jnp.float32)
+    cases = {}
+    for i, (name, block) in enumerate(_blocks().items()):
+        variables = numpy_variables(block, shape, seed=10 + i)
+        deploy_block, deploy_vars = reparameterize(block, variables, input_shape=shape)
+        assert count_params(deploy_vars["params"]) < count_params(variables["params"]), name
+        assert "batch_stats" not in deploy_vars, name
+        cases[name] = (block, variables, deploy_block, deploy_vars)
+
+    def outputs(all_vars, x):
+        return {name: (block.apply(all_vars[name][0], x, train=False),
+                       deploy.apply(all_vars[name][1], x))
+                for name, (block, _, deploy, _) in cases.items()}
+
+    all_vars = {n: (c[1], c[3]) for n, c in cases.items()}
+    results = _compile(outputs, all_vars, x)(all_vars, x)
+    for name, (y, y_deploy) in results.items():
+        assert float(jnp.std(y)) > 0.05, name
+        np.testing.assert_allclose(y_deploy, y, rtol=1e-4, atol=1e-4, err_msg=name)

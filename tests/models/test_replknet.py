@@ -58,15 +58,24 @@ def test_family_is_registered():
 
 def test_replknet_31b_param_counts():
     model = jaxconv.create_model("replknet_31b")
-    variables = init_variables(model, (1, 32, 32, 3))
-    train_count = count_params(variables["params"])
+    train_count = count_params(init_variables(model, (1, 32, 32, 3))["params"])
     assert train_count == hand_count(model, deploy=False)
-    deploy_model, deploy_vars = reparameterize(model, variables, input_shape=(1, 32, 32, 3))
-    deploy_count = count_params(deploy_vars["params"])
+    deploy = init_variables(model.clone(deploy=True), (1, 32, 32, 3))
+    deploy_count = count_params(deploy["params"])
     assert deploy_count == hand_count(model, deploy=True)
     assert round(deploy_count / 1e6) == PAPER_MILLIONS["replknet_31b"]
-    assert "batch_stats" not in deploy_vars
+    assert "batch_stats" not in deploy
     assert deploy_count < train_count
+
+
+@pytest.mark.slow
+def test_replknet_31b_reparameterized_tree():
+    model = jaxconv.create_model("replknet_31b")
+    variables = init_variables(model, (1, 32, 32, 3))
+    deploy_model, deploy_vars = reparameterize(model, variables, input_shape=(1, 32, 32, 3))
+    expected = init_variables(deploy_model, (1, 32, 32, 3))
+    assert jax.tree.map(lambda a: a.shape, deploy_vars) == jax.tree.map(lambda a: a.shape,
+                                                                       expected)
 
 
 def test_hand_count_small_variants():

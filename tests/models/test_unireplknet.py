@@ -3,8 +3,8 @@ reparam block, BN/GRN/layer-scale folding), forward/backward/jit, fields.
 
 Counts come from ``jax.eval_shape``; variables are drawn with NumPy (random BatchNorm
 statistics, GRN and layer-scale values); runtime checks use a reduced configuration with every
-block kind (plain 3x3/5x5, dilated 7/13); the A..T networks themselves run under ``slow``
-where compile time would dominate.
+block kind (plain 3x3/5x5, dilated 13; tests/layers/test_reparam.py has every dilated size);
+the A..T networks themselves run under ``slow`` where compile time would dominate.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ PAPER_MILLIONS = {"unireplknet_a": "4.4", "unireplknet_f": "6.2", "unireplknet_p
 ALL = sorted(PAPER_MILLIONS)
 
 SMALL = dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1),
-             kernel_sizes=((3,), (13,), (5,), (7,)), num_classes=5)
+             kernel_sizes=((3,), (13,), (5,), (3,)), num_classes=5)
 
 
 def _rounds_to(count: int, paper: str) -> bool:
