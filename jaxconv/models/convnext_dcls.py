@@ -80,7 +80,7 @@ class DclsConvNeXtStage(ConvNeXtStage):
         for j in range(self.depth):
             rate = self.drop_path_rates[j] if self.drop_path_rates else 0.0
             x = self.block_cls(self.dim, dtype=self.dtype, train=self.train, name=f"blocks_{j}",
-                          **kwargs)(x, rate)
+                               **kwargs)(x, rate)
         return x
 
 
@@ -105,12 +105,13 @@ class ConvNeXtDcls(ConvNeXt):
         if not isinstance(self.share_positions, bool):
             raise ValueError(f"share_positions must be True or False, got "
                              f"{self.share_positions!r}")
-        if self.dw_conv is None:
-            object.__setattr__(self, "dw_conv", dcls_factory(count))
-        elif not (isinstance(self.dw_conv, functools.partial)
-                  and self.dw_conv.func is DclsDepthwiseConv2D):
+        # Rebuilt from kernel_count every time (also on clone, which passes the old factory).
+        ours = (isinstance(self.dw_conv, functools.partial)
+                and self.dw_conv.func is DclsDepthwiseConv2D)
+        if self.dw_conv is not None and not ours:
             raise ValueError(f"dw_conv is set by ConvNeXtDcls from kernel_count; leave it "
                              f"unset (None), got {self.dw_conv!r}")
+        object.__setattr__(self, "dw_conv", dcls_factory(count))
         super().__post_init__()
 
     @property

@@ -2,7 +2,6 @@
 positions, forward/backward/jit, stage features and field validation."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -96,11 +95,16 @@ def test_bad_fields_raise(field, value):
         jaxconv.create_model("convnext_dcls_tiny", **{field: value})
 
 
-def test_clone_keeps_the_dcls_factory():
-    model = jaxconv.create_model("convnext_dcls_tiny", kernel_count=20, num_classes=10)
-    assert model.clone(dims=(8, 16, 32, 64)).kernel_count == 20
-    params = init_variables(model.clone(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
-                            (1, 32, 32, 3))["params"]
-    assert params["stages_0"]["blocks_0"]["conv_dw"]["weight"].shape == (20, 8)
+@pytest.mark.parametrize("share", [True, False])
+def test_overrides_and_clone_rebuild_the_dcls_factory(share):
+    # create_model clones the default (34-element) module with the overrides.
+    model = jaxconv.create_model("convnext_dcls_tiny", kernel_count=20, num_classes=10,
+                                 share_positions=share)
+    small = model.clone(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    assert small.kernel_count == 20 and small.dw_conv.keywords["kernel_count"] == 20
+    params = init_variables(small, (1, 32, 32, 3))["params"]
+    conv = params["stages_0"]["blocks_0"]["conv_dw"]
+    assert conv["weight"].shape == (20, 8)
+    positions = params["stages_0"] if share else conv
+    assert positions["positions"].shape == (2, 20, 8)
     assert params["head"]["fc"]["kernel"].shape == (64, 10)
-    assert jax.tree.leaves(params)  # built
