@@ -66,10 +66,10 @@ def test_model_zoo_lists_models_and_draws_stages(monkeypatch):
 
 
 def test_receptive_fields_compares_models_at_a_small_size(monkeypatch):
-    """receptive_fields.ipynb (issue 6) on toy-depth/width models of each family (64x64 input,
+    """receptive_fields.ipynb (issue 6) on toy-depth/width models of each family (96x96 input,
     2 inputs): the area-ratio table and the heatmaps come out."""
     monkeypatch.setenv("JAXCONV_ERF_SMALL", "1")
-    monkeypatch.setenv("JAXCONV_ERF_SIZE", "64")
+    monkeypatch.setenv("JAXCONV_ERF_SIZE", "96")
     monkeypatch.setenv("JAXCONV_ERF_INPUTS", "2")
     nb = execute("receptive_fields.ipynb")
     text = outputs_text(nb)

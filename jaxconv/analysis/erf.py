@@ -62,8 +62,9 @@ def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[
     """The ERF map [H, W] (float64 NumPy) of ``stage`` of ``model`` at ``input_size`` (H, W, C).
 
     ``stage``: a sown stage name (``"stage3"``) or index (default -1, the last stage, as
-    RepLKNet). The gradient of the channel sum of the stage's central pixel (h // 2, w // 2)
-    w.r.t. each input, aggregated over input channels (``aggregation``), averaged over
+    RepLKNet). The gradient of the channel sum of the stage's central pixel (h // 2, w // 2;
+    it sits at the image centre only if the stage map has odd sides, e.g. a 160x160 input for
+    a stride-32 stage) w.r.t. each input, aggregated over input channels (``aggregation``), averaged over
     ``num_inputs`` standard-normal inputs drawn from ``key`` (default ``jax.random.key(0)``),
     or over ``inputs`` [N, H, W, C] if given. Runs eval mode, ``batch_size`` inputs per jitted
     gradient call (inputs are independent in eval mode, so one backward pass of the batch sum

@@ -28,6 +28,12 @@ the 7x7 kernels hold 49 * sum(depth_i * dim_i) = 49 * 6,624 = 324,576 parameters
 hold 34 * 6,624 = 225,216 and the shared positions 2 * 34 * (96 + 192 + 384 + 768) = 97,920,
 so 28,589,128 - 324,576 + 225,216 + 97,920 = 28,587,688 (README: 28M; ConvNeXt-T: 28.6M).
 
+Multiply-adds at 224x224: the interpolated kernel is a dense 17x17 one, so the depthwise convs
+cost 289 taps per output instead of 49: 2,145,024 outputs (sum of depth * H * W * C) give
+0.620 G MACs instead of 0.105 G; with the 4.350 G of every other conv and linear layer
+(``jaxconv.analysis.count_macs``, which counts ``nn.Conv``/``nn.Dense`` only) that is 4.97 G vs
+ConvNeXt-T's 4.46 G, the README's "5.0G" vs "4.5G" FLOPs.
+
 Initialisation as the official ConvNeXt-dcls: DCLS weights truncated normal (std 0.02) and zero
 biases like every ConvNeXt conv, positions N(0, 0.5^2) clamped to the window. The official
 training also clamps positions after each step and gives them their own learning rate; here
