@@ -102,6 +102,18 @@ def test_count_macs_counts_every_tap_of_conv_and_dense():
     assert count_macs(TinyDense(), (3, 2, 2, 1)) == 3 * (4 * 4 + 4 * 3)
 
 
+@pytest.mark.parametrize("name, published", [
+    ("resnet50", 4.1),             # He et al. 2016, Table 1: 3.8 x 10^9 "FLOPs" (timm: 4.1 GMACs)
+    ("convnext_tiny", 4.5),        # Liu et al. 2022, Table 1: 4.5G
+    ("inception_next_tiny", 4.2),  # Yu et al. 2024, Table 1: 4.2G
+    ("convnext_dcls_tiny", 5.0),   # Khalfaoui-Hassani et al. 2023, Table 1: 5.0G
+])
+def test_count_macs_matches_papers_for_depthwise_models(name, published):
+    """Depthwise layers (DepthwiseConv2D, DCLS) are counted: the papers' GMACs at 224."""
+    macs = count_macs(jaxconv.create_model(name), (1, 224, 224, 3))
+    assert round(macs / 1e9, 1) == published, macs
+
+
 def _valid_taps(n_in: int, stride: int, k: int = 3, pad: int = 1) -> int:
     """(output position, kernel tap) pairs along one axis that read real input, not padding."""
     n_out = (n_in + 2 * pad - k) // stride + 1

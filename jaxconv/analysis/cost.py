@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-__all__ = ["ACTIVATION_LAYERS", "compile_time", "count_params", "device_name", "init_variables",
-           "median_seconds", "model_activations", "model_flops"]
+from jaxconv.layers import DclsDepthwiseConv2D, DepthwiseConv2D
+
+__all__ = ["ACTIVATION_LAYERS", "DEPTHWISE_LAYERS", "compile_time", "count_macs", "count_params",
+           "device_name", "init_variables", "median_seconds", "model_activations", "model_flops"]
 
 _ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
@@ -167,10 +169,16 @@ def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(total)
 
 
+#: Depthwise layers :func:`count_macs` counts (one multiply-add per output element and tap).
+DEPTHWISE_LAYERS = (DepthwiseConv2D, DclsDepthwiseConv2D)
+
+
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-adds of the ``nn.Conv`` and ``nn.Dense`` calls of one eval-mode forward pass over
-    ``input_shape`` (B, H, W, C): the convention of papers' "FLOPs" tables (VGG, MobileNet, ...),
-    every tap counted, padding included, elementwise work and other layers not. For XLA's count of
+    """Multiply-adds of the ``nn.Conv``, ``nn.Dense`` and depthwise-conv layers
+    (:class:`~jaxconv.layers.DepthwiseConv2D`, DCLS at its dense window) of one eval-mode forward
+    pass over ``input_shape`` (B, H, W, C): the convention of papers' "FLOPs" tables (VGG,
+    MobileNet, ConvNeXt, ...), every tap counted, padding included, elementwise work, attention
+    matmuls and other layers not. For XLA's count of
     all the work (padding taps excluded, 2 FLOPs per multiply-add) see :func:`model_flops`.
     Computed on abstract values; scanned blocks are counted unrolled."""
     model = _unrolled(model)
@@ -188,6 +196,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
             total += math.prod(out.shape) * taps // module.feature_group_count
         elif isinstance(module, nn.Dense):
             total += math.prod(out.shape) * args[0].shape[-1]
+        elif isinstance(module, DEPTHWISE_LAYERS):
+            total += math.prod(out.shape) * math.prod(module.kernel_size)
         return out
 
     def fwd(variables, x):
