@@ -40,3 +40,6 @@ __all__ += ["ConvBN", "reparam", "reparameterize"]
 from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias  # noqa: E402  (issue 7)
 
 __all__ += ["MultiHeadAttention", "RelativePositionBias"]
+from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D  # noqa: E402  (issue 7)
+
+__all__ += ["NeighborhoodAttention2D"]

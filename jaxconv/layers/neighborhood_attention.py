@@ -79,7 +79,7 @@ class NeighborhoodAttention2D(nn.Module):
     def __call__(self, x):
         if x.ndim != 4:
             raise ValueError(f"NeighborhoodAttention2D expects [B, X, Y, C], got shape {x.shape}")
-        batch, height, width, channels = x.shape
+        _, height, width, channels = x.shape
         if channels % self.num_heads:
             raise ValueError(f"channels {channels} must be divisible by num_heads "
                              f"{self.num_heads}")

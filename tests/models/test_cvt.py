@@ -249,10 +249,12 @@ def test_forward_backward_jit_and_train_mode():
 
 def test_mean_pooled_head_without_class_token():
     model = small(cls_token=False)
-    params = init_variables(model, SMALL_SHAPE)["params"]
-    assert "cls_token" not in params["stages_2"]
-    assert count_params(params) == count_params(
+    variables = init_variables(model, SMALL_SHAPE)
+    assert "cls_token" not in variables["params"]["stages_2"]
+    assert count_params(variables["params"]) == count_params(
         init_variables(small(), SMALL_SHAPE)["params"]) - 32
+    logits = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(SMALL_SHAPE, jnp.float32))
+    assert logits.shape == (2, 10)
 
 
 @pytest.mark.slow  # ~30 s: the flash kernel interpreted on CPU

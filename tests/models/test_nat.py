@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 import jaxconv
 from jaxconv.analysis import count_params, init_variables
-from jaxconv.models.nat import NAT
+from jaxconv.models.nat import NAT, variables_from_official
 
 # Hassani et al. 2023 (arXiv:2204.07143), Table 1 (and the authors' classification/README.md):
 # NAT-Mini 20M, Tiny 28M, Small 51M, Base 90M, i.e. counts rounded to whole millions.
@@ -231,3 +232,39 @@ def test_bfloat16_traces():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
     logits = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(SMALL_SHAPE, jnp.float32))
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+
+
+# ------------------------------------------------------------------------ authors' weights
+
+
+def authors_state_dict(params) -> dict:
+    """Our params in the authors' state-dict layout (inverse of ``variables_from_official``)."""
+    out = {}
+    for path, value in flatten_dict(params).items():
+        module = ".".join(path[:-1])
+        module = re.sub(r"_(\d+)(?=\.|$)", r".\1", module)
+        leaf, value = path[-1], np.asarray(value)
+        if leaf == "kernel":
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        name = {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)
+        out[f"{module}.{name}" if module else name] = value
+    return out
+
+
+def test_variables_from_official_round_trip():
+    """The converter for the authors' checkpoints inverts their layout key by key (checked
+    against their code on seeded weights off-repo: see the family's README notes)."""
+    model = jaxconv.create_model("nat_small", depths=(1, 1, 1, 1))  # layer scale included
+    params = numpy_variables(model, (1, 32, 32, 3))["params"]
+    state_dict = authors_state_dict(params)
+    assert {"patch_embed.proj.0.weight", "patch_embed.norm.weight", "levels.0.blocks.0.attn.rpb",
+            "levels.0.blocks.0.gamma1", "levels.2.downsample.reduction.weight", "norm.bias",
+            "head.weight"} <= set(state_dict)
+    assert state_dict["levels.0.blocks.0.attn.qkv.weight"].shape == (288, 96)  # [out, in]
+    assert state_dict["patch_embed.proj.1.weight"].shape == (96, 48, 3, 3)  # [O, I, kh, kw]
+    back = variables_from_official(state_dict)["params"]
+    flat, flat_back = flatten_dict(params), flatten_dict(back)
+    assert flat.keys() == flat_back.keys()
+    assert all(np.array_equal(flat[k], flat_back[k]) for k in flat)
+    with pytest.raises(ValueError, match="unexpected"):
+        variables_from_official({"levels.0.blocks.0.attn.qkv.weight_g": np.zeros((2, 2))})
