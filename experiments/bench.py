@@ -5,6 +5,10 @@ per model, printed as a table and appended to a CSV, with the device named in ev
 
     python -m experiments.bench models --models resnet20,resnet50 --batch_size 128
 
+``--implementations xla,pallas`` times each model once per kernel path (the ``implementation``
+field of models built on ``kernels_pallas`` ops; models without it run once). On CPU the Pallas
+path is interpreted: a correctness path, minutes per step at real sizes.
+
 ``costs``: parameters, forward FLOPs and activations per image at each model's input size (no
 timing, nothing compiled: the 'Fast and Accurate Model Scaling' view, where activations rather
 than FLOPs predict runtime on memory-bound accelerators).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import dataclasses
 import os
 import time
 
@@ -133,6 +138,20 @@ def _model_list(text: str) -> list[str]:
     return names
 
 
+def _fields(name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(jaxconv.create_model(name))}
+
+
+def _implementations(text: str) -> list[str | None]:
+    """'xla,pallas,auto' -> ['xla', 'pallas', None] (auto: the op picks per backend)."""
+    valid = {"xla": "xla", "pallas": "pallas", "auto": None}
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown implementation(s) {bad}; valid: {list(valid)}")
+    return [valid[n] for n in names]
+
+
 def _overrides(text: str) -> dict:
     """'scan_blocks=False,drop_path_rate=0.1' -> {'scan_blocks': False, 'drop_path_rate': 0.1}."""
     out = {}
@@ -160,6 +179,9 @@ def main(argv=None) -> list[dict]:
     m.add_argument("--repeats", type=int, default=5)
     m.add_argument("--model_overrides", type=_overrides, default={},
                    help="model fields for every model, e.g. scan_blocks=False")
+    m.add_argument("--implementations", type=_implementations, default=[None],
+                   help="comma-separated kernel paths (xla, pallas, auto) to time for models "
+                        "with an `implementation` field")
     m.add_argument("--csv", default="bench_models.csv")
     k = sub.add_parser("costs", help="params, FLOPs and activations per model (no timing)")
     k.add_argument("--models", type=_model_list,
@@ -180,16 +202,23 @@ def main(argv=None) -> list[dict]:
         if args.command == "costs":
             rows.append(model_costs(name, image_size=args.image_size))
         elif args.command == "models":
-            rows.append(bench_model(name, batch_size=args.batch_size, image_size=args.image_size,
-                                    dtype=args.dtype, repeats=args.repeats,
-                                    overrides=args.model_overrides))
+            has_field = "implementation" in _fields(name)
+            for implementation in args.implementations if has_field else [None]:
+                overrides = dict(args.model_overrides)
+                if has_field and implementation is not None:
+                    overrides["implementation"] = implementation
+                rows.append(bench_model(name, batch_size=args.batch_size,
+                                        image_size=args.image_size, dtype=args.dtype,
+                                        repeats=args.repeats, overrides=overrides))
         else:
             for scan in {"on": [True], "off": [False], "both": [True, False]}[args.scan]:
                 rows.append(bench_compile(name, scan=scan, batch_size=args.batch_size))
         print(f"  done {name}", flush=True)
     if args.command == "models":  # ratios against the first model, measured in this process
         for r in rows:
-            r[f"train_vs_{rows[0]['model']}"] = round(r["train_img_per_s"] / rows[0]["train_img_per_s"], 3)
+            for mode in ("train", "infer"):
+                r[f"{mode}_vs_{rows[0]['model']}"] = round(
+                    r[f"{mode}_img_per_s"] / rows[0][f"{mode}_img_per_s"], 3)
     print_table(rows)
     append_csv(args.csv, rows)
     print(f"appended {len(rows)} rows to {args.csv}")

@@ -30,3 +30,24 @@ def test_costs_rows_match_analysis(tmp_path, capsys):
 def test_unknown_model_fails_before_any_work(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["costs", "--models", "resnet21", "--csv", str(tmp_path / "x.csv")])
+
+
+def test_models_times_each_implementation_of_models_that_have_one(tmp_path, monkeypatch):
+    """One row per (model, implementation) for models with an ``implementation`` field, one row
+    for the others; ratios are against the first row. Timing itself is stubbed out here."""
+    calls = []
+
+    def fake_bench_model(name, *, overrides, **kwargs):
+        calls.append((name, overrides.get("implementation", "-")))
+        speed = 10.0 * len(calls)
+        return {"model": name, "overrides": overrides, "train_img_per_s": speed,
+                "infer_img_per_s": 2 * speed}
+
+    monkeypatch.setattr(bench, "bench_model", fake_bench_model)
+    rows = bench.main(["models", "--models", "resnet20,convnext_tiny",
+                       "--implementations", "xla,pallas", "--csv", str(tmp_path / "m.csv")])
+    assert calls == [("resnet20", "-"), ("convnext_tiny", "xla"), ("convnext_tiny", "pallas")]
+    assert [r["train_vs_resnet20"] for r in rows] == [1.0, 2.0, 3.0]
+    assert [r["infer_vs_resnet20"] for r in rows] == [1.0, 2.0, 3.0]
+    with pytest.raises(SystemExit):
+        bench.main(["models", "--implementations", "triton"])
