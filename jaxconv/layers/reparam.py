@@ -20,7 +20,10 @@ How to make a block re-parameterizable (the :class:`Reparameterizable` protocol)
    collection (``params``, ``batch_stats``, ...) to the block's own subtree in the training form;
    return the subtree of the deploy form, with collections the deploy form lacks left out (the
    BatchNorm statistics). Use :func:`fold_batch_norm`, :func:`pad_kernel`,
-   :func:`dilate_kernel` and :func:`fold_batch_norm_into_next`.
+   :func:`dilate_kernel` and :func:`fold_batch_norm_into_next`; build branches from
+   :class:`ConvBN` (conv + BN, deploy: conv with bias). The model itself may declare
+   ``deploy_variables`` too (RepLKNet folds its final BN into the head); it runs last.
+   Example: ``RepVGGStyle`` in tests/layers/test_reparam.py (3x3, 1x1 and identity branches).
 
 :func:`reparameterize` finds every such block by tracing one eval-mode forward pass on abstract
 values (``jax.eval_shape``, nothing runs) and converts them innermost first, so a block's

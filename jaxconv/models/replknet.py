@@ -64,8 +64,8 @@ class ReparamLargeKernelConv(nn.Module):
     """Depthwise KxK conv-BN + depthwise small-kernel conv-BN, summed (the paper's Fig. 2);
     deploy: one depthwise KxK conv with bias, ``lkb_reparam``.
 
-    The small branch exists only when ``small_kernel`` is not None and smaller than
-    ``kernel_size`` (a 3x3 large kernel in a kernel-size sweep has none).
+    The small branch exists only when ``small_kernel`` is not None and at most ``kernel_size``
+    (as in the authors' code; a 3x3 large kernel in a kernel-size sweep has none).
     """
 
     kernel_size: int
@@ -82,7 +82,7 @@ class ReparamLargeKernelConv(nn.Module):
 
     @property
     def has_small_branch(self) -> bool:
-        return self.small_kernel is not None and self.small_kernel < self.kernel_size
+        return self.small_kernel is not None and self.small_kernel <= self.kernel_size
 
     def _dw(self, kernel_size, name):
         return ConvBN(None, kernel_size, depthwise=True, deploy=self.deploy, dtype=self.dtype,

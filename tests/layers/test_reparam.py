@@ -209,6 +209,7 @@ def _blocks():
         "ConvBN_depthwise_dilated": ConvBN(None, 3, depthwise=True, dilation=2),
         "ReparamLargeKernelConv_13_5": ReparamLargeKernelConv(13, 5),
         "ReparamLargeKernelConv_7_3": ReparamLargeKernelConv(7, 3),
+        "ReparamLargeKernelConv_5_5": ReparamLargeKernelConv(5, 5),
         "RepLKBlock": RepLKBlock(6, 9, 5),
         "ConvFFN": ConvFFN(16),
         "UniRepLKNetBlock_3": UniRepLKNetBlock(3),
@@ -243,3 +244,21 @@ def test_every_block_type_reparameterizes_exactly():
     for name, (y, y_deploy) in results.items():
         assert float(jnp.std(y)) > 0.05, name
         np.testing.assert_allclose(y_deploy, y, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_pallas_implementation_gives_the_same_block_and_deploy_outputs():
+    """The dilated reparam block (6 depthwise convs) and its merged form on the Pallas path
+    (interpreted on CPU) against the XLA path."""
+    from jaxconv.models.unireplknet import DilatedReparamBlock
+    shape = (1, 16, 16, 8)
+    block = DilatedReparamBlock(13, implementation="xla")
+    variables = numpy_variables(block, shape, seed=2)
+    x = jnp.asarray(_rng(3).normal(size=shape), jnp.float32)
+    y_xla = jax.jit(lambda v, x: block.apply(v, x))(variables, x)
+    pallas = block.clone(implementation="pallas")
+    y_pallas = jax.jit(lambda v, x: pallas.apply(v, x))(variables, x)
+    deploy, deploy_vars = reparameterize(pallas, variables, input_shape=shape)
+    assert deploy.implementation == "pallas"
+    y_deploy = jax.jit(lambda v, x: deploy.apply(v, x))(deploy_vars, x)
+    np.testing.assert_allclose(y_pallas, y_xla, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y_deploy, y_xla, rtol=1e-4, atol=1e-4)

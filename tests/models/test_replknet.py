@@ -9,6 +9,7 @@ RepLKNet-31B itself runs under ``slow``.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 import jaxconv
 from jaxconv.analysis import count_params, init_variables, model_flops
+from jaxconv.layers import DepthwiseConv2D
 from jaxconv.layers.reparam import reparameterize
 from jaxconv.models.replknet import RepLKNet
 from tests.models.test_densenet import _compile, check_step, numpy_variables
@@ -39,7 +41,7 @@ def hand_count(m: RepLKNet, deploy: bool) -> int:
     for s, (n, c, k) in enumerate(zip(m.layers, m.channels, m.stage_kernel_sizes)):
         d, f = int(c * m.dw_ratio), int(c * m.ffn_ratio)
         large = k * k * d + bn * d
-        if m.small_kernel is not None and m.small_kernel < k:
+        if m.small_kernel is not None and m.small_kernel <= k:
             large = k * k * d + d if deploy else large + m.small_kernel ** 2 * d + bn * d
         replk = pre_bn * c + (c * d + bn * d) + large + (d * c + bn * c)
         ffn = pre_bn * c + (c * f + bn * f) + (f * c + bn * c)
@@ -49,6 +51,27 @@ def hand_count(m: RepLKNet, deploy: bool) -> int:
             total += (c * nxt + bn * nxt) + (9 * nxt + bn * nxt)
     last = m.channels[-1]
     return total + pre_bn * last + last * m.num_classes + m.num_classes
+
+
+def depthwise_implementations(model, shape):
+    """The ``implementation`` of every DepthwiseConv2D ``model`` calls (one abstract trace)."""
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, DepthwiseConv2D) and context.method_name == "__call__":
+            seen.append(context.module.implementation)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        init_variables(model, shape)
+    return seen
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_implementation_reaches_every_depthwise_conv(deploy):
+    model = RepLKNet(**SMALL, implementation="pallas", deploy=deploy)
+    seen = depthwise_implementations(model, (1, 16, 16, 3))
+    assert len(seen) >= 3 and set(seen) == {"pallas"}
 
 
 def test_family_is_registered():
@@ -81,7 +104,8 @@ def test_replknet_31b_reparameterized_tree():
 def test_hand_count_small_variants():
     """The hand count also holds for other fields (dw_ratio, no small kernel, kernel_size)."""
     for fields in (SMALL, {**SMALL, "dw_ratio": 1.5, "ffn_ratio": 2.0},
-                   {**SMALL, "small_kernel": None}, {**SMALL, "kernel_size": 3}):
+                   {**SMALL, "small_kernel": None}, {**SMALL, "kernel_size": 3},
+                   {**SMALL, "kernel_size": 5}):
         model = RepLKNet(**fields)
         variables = init_variables(model, (1, 16, 16, 3))
         assert count_params(variables["params"]) == hand_count(model, deploy=False), fields

@@ -19,6 +19,7 @@ from jaxconv.analysis import count_params, init_variables, model_flops
 from jaxconv.layers.reparam import reparameterize
 from jaxconv.models.unireplknet import DILATED_BRANCHES, UniRepLKNet, UniRepLKNetBlock
 from tests.models.test_densenet import _compile, check_step, numpy_variables
+from tests.models.test_replknet import depthwise_implementations
 
 # Ding et al. 2024 (arXiv:2311.15599), Table 2 (ImageNet-1K, 224x224), "Params (M)":
 # A 4.4, F 6.2, P 10.7, N 18.3, T 31 (one decimal, T to the million). The paper counts the
@@ -55,6 +56,13 @@ def hand_count(m: UniRepLKNet, deploy: bool) -> int:
             # + norm BN, GRN gamma/beta, pwconv2's BN, layer scale
             total += dw + 2 * c + se + ffn + 8 * c + 2 * c + c
     return total + 2 * d[3] + d[3] * m.num_classes + m.num_classes
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_implementation_reaches_every_depthwise_conv(deploy):
+    model = UniRepLKNet(**SMALL, implementation="pallas", deploy=deploy)
+    seen = depthwise_implementations(model, (1, 32, 32, 3))
+    assert len(seen) >= 3 and set(seen) == {"pallas"}
 
 
 def test_family_is_registered():
