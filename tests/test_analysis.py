@@ -168,6 +168,20 @@ def test_activations_count_conv_and_dense_outputs():
     assert model_activations(TinyDense(), (5, 2, 2, 1)) == 5 * (4 + 3)
 
 
+def test_activations_and_macs_count_depthwise_layers():
+    from jaxconv.layers import DepthwiseConv2D
+
+    class DepthwiseThenConv(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = DepthwiseConv2D(kernel_size=5, strides=2)(x)     # 9x9 -> 5x5, 4 channels
+            return nn.Conv(8, (1, 1))(x)
+
+    model = DepthwiseThenConv()
+    assert model_activations(model, (2, 9, 9, 4)) == 2 * (5 * 5 * 4 + 5 * 5 * 8)
+    assert count_macs(model, (2, 9, 9, 4)) == 2 * (5 * 5 * 4 * 25 + 5 * 5 * 8 * 4)
+
+
 def test_activations_custom_layer_opt_in():
     class Doubler(nn.Module):
         counts_as_activation = True

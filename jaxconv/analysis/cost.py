@@ -132,11 +132,15 @@ def _unrolled(model: nn.Module) -> nn.Module:
     return model
 
 
+#: Depthwise conv layers (one multiply-add per output element and tap in :func:`count_macs`).
+DEPTHWISE_LAYERS = (DepthwiseConv2D, DclsDepthwiseConv2D)
+
 #: Layers whose outputs count as activations: Dollar et al. 2021 ("Fast and Accurate Model
 #: Scaling", arXiv:2103.06877) define a network's activations as the number of elements in the
 #: output tensors of its convolutional (and dense) layers. A custom conv-like module is counted
 #: when its class sets ``counts_as_activation = True``.
-ACTIVATION_LAYERS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Dense, nn.DenseGeneral)
+ACTIVATION_LAYERS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Dense, nn.DenseGeneral,
+                     *DEPTHWISE_LAYERS)
 
 
 def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -167,10 +171,6 @@ def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     jax.eval_shape(fwd, variables, x)
     return int(total)
-
-
-#: Depthwise layers :func:`count_macs` counts (one multiply-add per output element and tap).
-DEPTHWISE_LAYERS = (DepthwiseConv2D, DclsDepthwiseConv2D)
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
