@@ -11,6 +11,7 @@ import importlib
 #: op name -> module with ``add_arguments(parser)`` and ``run(args)``.
 OPS = {"depthwise_conv2d": "kernels_pallas.depthwise_conv2d.bench"}
 OPS["flash_attention"] = "kernels_pallas.flash_attention.bench"
+OPS["neighborhood_attention"] = "kernels_pallas.neighborhood_attention.bench"
 
 
 def main(argv=None):

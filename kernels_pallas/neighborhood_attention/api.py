@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -137,7 +138,7 @@ def check_arguments(q, k, v, *, kernel_size, dilation=1, is_causal=False, rpb=No
                              f"got shape {jnp.shape(rpb)}")
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(
             scale):
         raise ValueError(f"scale={scale!r} is not supported: give None (1/sqrt(D)) or a finite "
                          f"Python number")

@@ -69,7 +69,10 @@ class PallasBlocks:
         return (self.block_qx, self.block_qy), (self.block_kx, self.block_ky)
 
 
-#: Measured on the 2-core CPU (bench --quick); see tuning notes in bench.py.
+#: Measured on the 2-core CPU (shared, load ~10: +-50% noise), float32 forward / fwd+bwd ms,
+#: ``--xla_tiles 32/4,64/8,128/14,256/28``: 56x56 7x7: 72/149, 36/141, 71/212, 394/816;
+#: 56x56 13x13: 61/358, 84/340, 269/568, 557/992; 1-D 4096 window 255: 144/448, 72/373,
+#: 153/467, 141/626. 64/8 is best or within noise of it everywhere.
 XLA_TILES = {"default": XlaTiles()}
 #: 128-query x 128-key tiles in 1-D (one MXU tile; the f32 logits block is 64 KiB), 8x8 query
 #: x 8x8 key tiles in 2-D (64 x 64 logits). Untimed.

@@ -5,6 +5,11 @@ NATTEN's rule (its ``get_window_start``, dilation included): a window of k keys 
 query that shifts inward at the borders; with dilation d the same rule runs inside each group of
 positions with equal residue mod d. The NumPy oracle below states it in NATTEN's own form (not in
 the group form the reference uses), so the two are independent.
+
+On CPU the "xla" path is compiled and the "pallas" path runs its TPU kernels in the generic
+interpreter (with blocks far smaller than the inputs, so windows cross block edges); one slow
+case runs them under ``pltpu.InterpretParams``, and forward and backward are lowered for TPU.
+Run the default set with ``-m "not slow"``; the slow set adds randomized Pallas cases.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from hypothesis import strategies as st
 from kernels_pallas import compile_for, core, neighborhood_attention
 from kernels_pallas.neighborhood_attention import api, neighborhood_attention_reference, tuning
 from kernels_pallas.neighborhood_attention import pallas_tpu
-from tests.kernels.harness import check_against_reference
+from tests.kernels.harness import check_against_reference, interpreter
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: Blocks far smaller than the shapes below, so queries span several blocks, windows cross
@@ -112,8 +117,9 @@ def test_reference_matches_natten_rule(shape, kernel_size, dilation, causal, wit
     if with_rpb:
         rpb = jnp.asarray(np.random.default_rng(1).standard_normal(
             (shape[-2], *(2 * kk - 1 for kk in ks)), np.float32))
-    y = neighborhood_attention_reference(q, k, v, kernel_size=kernel_size, dilation=dilation,
-                                         is_causal=causal, rpb=rpb)
+    y = jax.jit(lambda q, k, v, rpb: neighborhood_attention_reference(
+        q, k, v, kernel_size=kernel_size, dilation=dilation, is_causal=causal, rpb=rpb))(
+        q, k, v, rpb)
     expected = loop_oracle(q, k, v, kernel_size, dilation, causal, rpb)
     np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
 
@@ -123,16 +129,15 @@ def test_border_query_attends_exactly_the_first_k_keys():
     nothing at query 0, changing key k-1 does; query 0 and query k//2 see the same keys."""
     kernel = 5
     q, k, v = _qkv((1, 16, 1, 4))
-    base = neighborhood_attention(q, k, v, kernel_size=kernel)
+    attend = jax.jit(lambda q, k, v: neighborhood_attention(q, k, v, kernel_size=kernel))
+    base = attend(q, k, v)
     for changed, moves in ((kernel, False), (kernel - 1, True)):
-        v2 = v.at[:, changed].add(10.0)
-        y = neighborhood_attention(q, k, v2, kernel_size=kernel)
+        y = attend(q, k, v.at[:, changed].add(10.0))
         assert bool(jnp.any(jnp.abs(y[:, 0] - base[:, 0]) > 1e-3)) == moves, changed
-    q_same = q.at[:, 0].set(q[:, kernel // 2])
-    y = neighborhood_attention(q_same, k, v, kernel_size=kernel)
+    y = attend(q.at[:, 0].set(q[:, kernel // 2]), k, v)
     np.testing.assert_allclose(y[:, 0], y[:, kernel // 2], rtol=1e-6)
     # The last query likewise attends the last k keys.
-    y = neighborhood_attention(q, k, v.at[:, -kernel - 1].add(10.0), kernel_size=kernel)
+    y = attend(q, k, v.at[:, -kernel - 1].add(10.0))
     np.testing.assert_allclose(y[:, -1], base[:, -1], rtol=1e-6)
 
 
@@ -226,6 +231,18 @@ def test_pallas_path_matches_reference(shape, kernel_size, dilation, causal, wit
 def test_pallas_path_more_cases(shape, kernel_size, dilation, causal, with_rpb, dtype):
     _check(shape, kernel_size, dilation, causal, with_rpb, dtype, "pallas",
            pallas_blocks(SMALL_BLOCKS))
+
+
+@pytest.mark.slow
+def test_tpu_kernel_under_tpu_interpreter():
+    """pltpu.InterpretParams simulates TPU memory spaces: scratch carried across the key steps,
+    output blocks written once at the last step, per-step bias-gradient blocks (~45 s)."""
+    @contextlib.contextmanager
+    def context():
+        with pallas_blocks(SMALL_BLOCKS), interpreter("tpu"):
+            yield
+
+    _check((1, 7, 10, 1, 4), (3, 5), 1, (False, True), True, "bfloat16", "pallas", context())
 
 
 @pytest.mark.slow
@@ -351,6 +368,21 @@ def test_jit_on_an_8_device_mesh_matches_the_unsharded_run():
     result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert "SHARDED_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_bench_writes_csv_rows(tmp_path):
+    from kernels_pallas import bench
+    from kernels_pallas.neighborhood_attention import bench as op_bench
+    out = tmp_path / "rows.csv"
+    rows = bench.main(["neighborhood_attention", "--cases", "1x9x10x1x4/3", "--repeats", "1",
+                       "--csv", str(out), "--note", "test"])
+    assert [(r["case"], r["implementation"]) for r in rows] == [
+        ("1x9x10x1x4 window 3x3", impl) for impl in ("xla", "naive", "dense")]
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("device,case,dtype,implementation,fwd_ms,fwdbwd_ms")
+    assert len(lines) == 4 and all(r["fwdbwd_ms"] > 0 for r in rows)
+    assert op_bench.useful_flops((2, 5, 6, 3, 4), 3) == 4 * 2 * 3 * 30 * 9 * 4
+    assert op_bench.useful_flops((2, 50, 3, 4), 5) == 4 * 2 * 3 * 50 * 5 * 4
 
 
 # ----------------------------------------------------------------------------------- errors
