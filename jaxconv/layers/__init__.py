@@ -37,6 +37,9 @@ from jaxconv.layers import reparam  # noqa: E402  (issue 6: structural re-parame
 from jaxconv.layers.reparam import ConvBN, reparameterize  # noqa: E402
 
 __all__ += ["ConvBN", "reparam", "reparameterize"]
+from jaxconv.layers.eca import ECA, eca_kernel_size  # noqa: E402  (issue 6: ECA)
+
+__all__ += ["ECA", "eca_kernel_size"]
 from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias  # noqa: E402  (issue 7)
 
 __all__ += ["MultiHeadAttention", "RelativePositionBias"]

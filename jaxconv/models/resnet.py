@@ -5,16 +5,25 @@ The ImageNet set includes timm's wide ResNets ``wide_resnet50_2``/``wide_resnet1
 WRN-50-2-bottleneck): ResNet-50/101 whose bottleneck convs are twice as wide
 (``base_width=128``) while block outputs stay 256..2048.
 
-One module, :class:`ResNet`, covers the three families; the registered builders at the bottom
+ResNet-D and ECA-ResNets (timm's ``ecaresnet50d``, registry family ``ecaresnet``): the deep stem
+(three 3x3 convs) and average-pool projection shortcuts of He et al. 2019 (Bag of Tricks,
+arXiv:1812.01187), with Efficient Channel Attention (Wang et al. 2020, arXiv:1910.03151,
+:class:`jaxconv.layers.ECA`) after each block's last BN (``attn_layer="eca"``).
+
+One module, :class:`ResNet`, covers these families; the registered builders at the bottom
 fix its structural fields. Fork a block class to try a new residual unit.
 
 Parameter layout (``variables["params"]``; ``batch_stats`` mirrors it for the BatchNorms)::
 
-    conv1, bn1                 stem (pre-activation models have no bn1)
+    conv1, bn1                 stem (pre-activation models have no bn1); the deep stem is
+                               conv1_0 (3x3/2), conv1_1 (BN), conv1_3, conv1_4 (BN), conv1_6
+                               (timm's Sequential indices), then bn1
     layer{s}_{b}               block b of stage s (s from 1, b from 0), unrolled
     layer{s}_scan              with ``scan_blocks=True``: blocks 1..n-1 of stage s stacked on a
                                leading axis (index i <-> unrolled ``layer{s}_{i+1}``)
-        conv1 bn1 conv2 bn2 [conv3 bn3] [downsample_conv downsample_bn]
+        conv1 bn1 conv2 bn2 [conv3 bn3] [downsample_conv downsample_bn] [se]
+                               (``avg_down``: downsample_1 downsample_2, timm's indices after
+                               the parameter-free pool; ``se``: the attention module)
     final_bn                   pre-activation models only: BN-ReLU before pooling
     fc                         classifier (kernel [C, num_classes], bias)
 
@@ -22,9 +31,9 @@ With ``scan_blocks=False`` the tree is 1:1 with timm/torchvision modules (``laye
 ``layer1_0/conv1``, ``layer1.0.downsample.0/1`` -> ``layer1_0/downsample_conv``/``downsample_bn``).
 :func:`stack_scanned_blocks` / :func:`unstack_scanned_blocks` convert variables between the two
 layouts. Stage outputs are sown as ``intermediates/stage{i}`` (a 1-tuple, Flax's ``sow``
-convention), outside any scan: with the ImageNet stem ``stage0`` is the stem's output at stride 2
-(before the max pool, timm's first feature) and ``stage1..4`` are ``layer1..4``; with the CIFAR
-stem ``stage{i}`` is the output of stage i.
+convention), outside any scan: with the ImageNet (or deep) stem ``stage0`` is the stem's output
+at stride 2 (before the max pool, timm's first feature) and ``stage1..4`` are ``layer1..4``;
+with the CIFAR stem ``stage{i}`` is the output of stage i.
 """
 
 from __future__ import annotations
@@ -37,7 +46,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, dense, drop_path_rates
+from jaxconv.convert.timm import TimmFamily, register_timm_family
+from jaxconv.layers import (
+    ECA,
+    DropPath,
+    batch_norm,
+    canonical_dtype,
+    conv2d,
+    dense,
+    drop_path_rates,
+)
 from jaxconv.registry import register_model
 
 __all__ = [
@@ -51,7 +69,9 @@ __all__ = [
 ]
 
 SHORTCUTS = ("A", "B")
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "deep")
+#: Channel-attention modules a post-activation block can apply after its last BN (``se``).
+ATTN_LAYERS = {"eca": ECA}
 
 
 # ----------------------------------------------------------------------------------- blocks
@@ -78,6 +98,8 @@ class _Block(nn.Module):
     dtype: Any = jnp.float32
     loop_safe_conv: bool = False
     base_width: int = 64
+    avg_down: bool = False
+    attn_layer: str | None = None
 
     expansion: ClassVar[int] = 1
     preact: ClassVar[bool] = False
@@ -107,6 +129,12 @@ class _Block(nn.Module):
             raise ValueError("option-A shortcut cannot reduce channels; use shortcut='B'")
         return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
+    def _attn(self, h):
+        """The block's channel attention (timm's ``se`` slot), if any."""
+        if self.attn_layer is None:
+            return h
+        return ATTN_LAYERS[self.attn_layer](name="se")(h)
+
     def _drop_path(self, h, rate):
         if not self.use_drop_path:
             return h
@@ -118,6 +146,14 @@ class _Block(nn.Module):
         if self.shortcut == "A":
             return self._option_a(x)
         out = self.features * self.expansion
+        if self.avg_down:
+            # ResNet-D: average-pool (2x2, ceil mode, padding not counted), then a stride-1 1x1
+            # conv, so the shortcut sees every input pixel. timm's Sequential(pool, conv, bn):
+            # the pool (no parameters) is index 0 even where it is the identity.
+            if self.strides != 1:
+                x = _avg_pool_ceil(x, self.strides)
+            x = self._conv(out, 1, name="downsample_1")(x)
+            return self._bn("downsample_2")(x)
         x = self._conv(out, 1, self.strides, name="downsample_conv")(x)
         return self._bn("downsample_bn")(x)
 
@@ -142,7 +178,7 @@ class BasicBlock(_Block):
         h = self._conv(self.features, 3, self.strides, name="conv1")(x)
         h = nn.relu(self._bn("bn1")(h))
         h = self._conv(self.features, 3, name="conv2")(h)
-        h = self._bn("bn2", zero_init=self.zero_init_last)(h)
+        h = self._attn(self._bn("bn2", zero_init=self.zero_init_last)(h))
         h = self._drop_path(h, drop_path_rate)
         return nn.relu(self._postact_shortcut(x) + h)
 
@@ -162,7 +198,7 @@ class Bottleneck(_Block):
         h = self._conv(self.inner_features, 3, self.strides, name="conv2")(h)
         h = nn.relu(self._bn("bn2")(h))
         h = self._conv(self.features * self.expansion, 1, name="conv3")(h)
-        h = self._bn("bn3", zero_init=self.zero_init_last)(h)
+        h = self._attn(self._bn("bn3", zero_init=self.zero_init_last)(h))
         h = self._drop_path(h, drop_path_rate)
         return nn.relu(self._postact_shortcut(x) + h)
 
@@ -217,6 +253,14 @@ BLOCKS: dict[str, type[_Block]] = {
 }
 
 
+def _avg_pool_ceil(x, stride: int):
+    """``stride`` x ``stride`` average pool, ceil mode, padding excluded from the mean
+    (PyTorch ``AvgPool2d(s, s, ceil_mode=True, count_include_pad=False)``)."""
+    pads = [(0, (-size) % stride) for size in x.shape[1:3]]
+    return nn.avg_pool(x, (stride, stride), strides=(stride, stride), padding=pads,
+                       count_include_pad=False)
+
+
 def _scan_body(block, x, drop_path_rate):
     return block(x, drop_path_rate), None
 
@@ -235,11 +279,18 @@ class ResNet(nn.Module):
       base_width: bottleneck blocks' inner width is ``width * base_width // 64`` (64: plain
         ResNet; 128: the wide ResNets ``wide_resnet50_2``/``wide_resnet101_2``, whose blocks
         still output ``width * 4``). Basic blocks need 64.
-      stem: ``imagenet`` (7x7/2 conv, [BN-ReLU], 3x3/2 max pool, padding 1) or ``cifar``
-        (3x3 conv, [BN-ReLU]); pre-activation models have no BN-ReLU in the stem.
-      stem_width: stem conv channels.
+      stem: ``imagenet`` (7x7/2 conv, [BN-ReLU], 3x3/2 max pool, padding 1), ``cifar``
+        (3x3 conv, [BN-ReLU]) or ``deep`` (ResNet-C/D, Bag of Tricks, He et al. 2019,
+        arXiv:1812.01187: three 3x3 convs, the first stride 2, widths stem_width, stem_width,
+        2 * stem_width, with BN-ReLU between; then BN-ReLU and the max pool; timm's
+        ``stem_type='deep'``); pre-activation models have no BN-ReLU in the stem.
+      stem_width: stem conv channels (``deep``: the first two convs; the stem outputs twice it).
       shortcut: ``A`` (parameter-free: subsample + zero-pad channels) or ``B`` (1x1 conv [+ BN]
         where the shape changes, identity otherwise).
+      avg_down: ResNet-D projection shortcuts (``B`` only, post-activation blocks): 2x2 average
+        pool (where strided), then a stride-1 1x1 conv + BN, named ``downsample_1/2`` as timm.
+      attn_layer: channel attention after each block's last BN (post-activation blocks), one
+        of :data:`ATTN_LAYERS` (``eca``) or None; its module is named ``se`` as in timm.
       num_classes, dtype (compute dtype; parameters are float32), drop_path_rate (stochastic
         depth, linear over all blocks from 0 to this value).
       zero_init_last_bn: zero-init the last BN scale of each residual branch (for pre-activation
@@ -265,6 +316,8 @@ class ResNet(nn.Module):
     zero_init_last_bn: bool = True
     scan_blocks: bool = False
     base_width: int = 64
+    avg_down: bool = False
+    attn_layer: str | None = None
 
     def __post_init__(self):
         # Normalise before Flax freezes the instance: tuples keep the module hashable and
@@ -285,6 +338,22 @@ class ResNet(nn.Module):
             raise ValueError(f"base_width must be 64 for block={self.block!r} (only the bottleneck "
                              f"blocks {[b for b, c in BLOCKS.items() if c.expansion > 1]} have an "
                              f"inner width), got {self.base_width!r}")
+        preact = BLOCKS[self.block].preact
+        if not isinstance(self.avg_down, bool):
+            raise ValueError(f"avg_down must be a bool, got {self.avg_down!r}")
+        if self.avg_down and (preact or self.shortcut != "B"):
+            raise ValueError(f"avg_down needs shortcut='B' and a post-activation block "
+                             f"{[b for b, c in BLOCKS.items() if not c.preact]}, got "
+                             f"block={self.block!r}, shortcut={self.shortcut!r}")
+        if self.attn_layer is not None:
+            _check_choice("attn_layer", self.attn_layer, (None, *ATTN_LAYERS))
+            if preact:
+                raise ValueError(f"attn_layer needs a post-activation block "
+                                 f"{[b for b, c in BLOCKS.items() if not c.preact]}, got "
+                                 f"block={self.block!r}")
+        if self.stem == "deep" and preact:
+            raise ValueError(f"stem='deep' needs a post-activation block, got "
+                             f"block={self.block!r}")
         _positive_ints("num_classes", (self.num_classes,))
         rate = self.drop_path_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
@@ -297,14 +366,23 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
 
         # Stem.
-        k, s = (7, 2) if self.stem == "imagenet" else (3, 1)
-        x = conv2d(self.stem_width, k, s, dtype=self.dtype, name="conv1")(x)
+        if self.stem == "deep":
+            # timm's conv1 = Sequential(conv, bn, act, conv, bn, act, conv): indices 0, 1, 3, 4, 6.
+            w = self.stem_width
+            x = conv2d(w, 3, 2, dtype=self.dtype, name="conv1_0")(x)
+            x = nn.relu(batch_norm(train, dtype=self.dtype, name="conv1_1")(x))
+            x = conv2d(w, 3, dtype=self.dtype, name="conv1_3")(x)
+            x = nn.relu(batch_norm(train, dtype=self.dtype, name="conv1_4")(x))
+            x = conv2d(2 * w, 3, dtype=self.dtype, name="conv1_6")(x)
+        else:
+            k, s = (7, 2) if self.stem == "imagenet" else (3, 1)
+            x = conv2d(self.stem_width, k, s, dtype=self.dtype, name="conv1")(x)
         if not block_cls.preact:
             x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
-        if self.stem == "imagenet":
+        if self.stem in ("imagenet", "deep"):
             self.sow("intermediates", "stage0", x)  # timm's first feature (act1, stride 2)
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        first_stage = 1 if self.stem == "imagenet" else 0
+        first_stage = 0 if self.stem == "cifar" else 1
 
         # Stages.
         rates = drop_path_rates(self.drop_path_rate, sum(self.stage_sizes))
@@ -322,6 +400,8 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     loop_safe_conv=in_scan,
                     base_width=self.base_width,
+                    avg_down=self.avg_down,
+                    attn_layer=self.attn_layer,
                     name=name,
                 )
 
@@ -550,3 +630,37 @@ def wide_resnet50_2(**overrides) -> ResNet:
 def wide_resnet101_2(**overrides) -> ResNet:
     """Wide ResNet-101-2 (timm: ResNet-101, bottlenecks 2x wide), 126,886,696 params."""
     return _imagenet((3, 4, 23, 3), "bottleneck", {"base_width": 128, **overrides})
+
+
+# ------------------------------------------------------------------- ECA-ResNets (ResNet-D)
+
+_ECA_PAPER = ("Wang et al. 2020, ECA-Net: Efficient Channel Attention for Deep Convolutional "
+              "Neural Networks, arXiv:1910.03151")
+
+
+def _unrolled_twin(model):
+    return model.clone(scan_blocks=False) if getattr(model, "scan_blocks", False) else model
+
+
+def _stack_if_scanned(variables, model):
+    return stack_scanned_blocks(variables) if model.scan_blocks else variables
+
+
+# Their own family (the "resnet" family's tests pin its model list); same key rule as ResNet:
+# ResNet-D shortcuts are named downsample_1/2 already, which the default rule maps to timm.
+register_timm_family(
+    "ecaresnet",
+    TimmFamily(
+        renames=((r"downsample_conv$", "downsample.0"), (r"downsample_bn$", "downsample.1")),
+        unrolled=_unrolled_twin,
+        to_model_layout=_stack_if_scanned,
+    ),
+)
+
+
+@register_model(family="ecaresnet", paper=_ECA_PAPER, input_size=(224, 224, 3), num_classes=1000)
+def ecaresnet50d(**overrides) -> ResNet:
+    """ECA-ResNet-50-D (timm: deep stem, avg-pool shortcuts, ECA per block), 25,576,350 params."""
+    defaults = dict(stage_sizes=(3, 4, 6, 3), block="bottleneck", stem="deep", stem_width=32,
+                    avg_down=True, attn_layer="eca", scan_blocks=False)
+    return ResNet(**{**defaults, **overrides})
