@@ -103,7 +103,7 @@ def test_unknown_override_lists_valid_keys():
         (dict(drop_path_rate=-0.1), r"\[0, 1\)"),
         (dict(block="resnext"), "preact_bottleneck"),
         (dict(shortcut="C"), "'A', 'B'"),
-        (dict(stem="deep"), "imagenet"),
+        (dict(stem="bogus"), "imagenet"),
         (dict(stage_sizes=(3, 3)), "equal length"),
         (dict(stage_sizes=(3, 0, 3)), "stage_sizes"),
     ],
