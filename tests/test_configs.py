@@ -25,6 +25,8 @@ ARGS = {
     "cifar10_wrn": [None, "wrn16_8", "runlocal"],
     "cifar10_nin": [None, "runlocal"],
     "cifar10_allcnn": [None, "runlocal"],
+    "cifar10_convnext": [None, "inception_next_tiny", "ecaresnet50d", "convnext_tiny,runlocal",
+                         "inception_next_tiny,runlocal", "ecaresnet50d,runlocal"],
     "cifar10_coatnet": [None, "coatnet_0_224", "coatnet_0_rw_224,runlocal"],
     "cifar10_replknet": [None, "runlocal", "unireplknet_a,runlocal"],
     "cifar10_attention": [None, "nat_tiny", "cvt_13", "nat_mini,runlocal", "cvt_13,runlocal"],

@@ -8,8 +8,8 @@ a 1x11 band and an 11x1 band, then concatenated in the order (identity, square, 
 keeps a large receptive field at a fraction of the depthwise FLOPs and memory traffic (the
 paper: 1.6x ConvNeXt-T's training throughput on A100).
 
-MetaNeXt block: token mixer - BatchNorm - ConvMlp (1x1 conv, GELU, 1x1 conv; computed as
-Linear layers over channels) - ``* gamma`` (layer scale, 1e-6) - drop_path, + identity.
+MetaNeXt block: token mixer - BatchNorm - ConvMlp (1x1 conv, GELU, 1x1 conv) - ``* gamma``
+(layer scale, 1e-6) - drop_path, + identity.
 Stem 4x4/4 conv + BN; stages 2..4 open with BN + 2x2/2 conv; MLP ratios (4, 4, 4, 3); the head
 pools, then Linear(3C) - GELU - LayerNorm (eps 1e-6) - Linear(num_classes).
 
@@ -22,14 +22,14 @@ Parameter layout, 1:1 with timm (Flax ``a_3/b`` is timm ``a.3.b``)::
     stem_0 (conv, bias), stem_1 (BatchNorm)
     stages_{i}/downsample_0 (BatchNorm), downsample_1 (2x2/2 conv)        i = 1, 2, 3
     stages_{i}/blocks_{j}/token_mixer/{dwconv_hw, dwconv_w, dwconv_h}   kernels [kh, kw, gc]
-                          norm (BatchNorm), mlp/{fc1, fc2} (Dense), gamma [C]
+                          norm (BatchNorm), mlp/{fc1, fc2} (1x1 convs), gamma [C]
     head/fc1, head/norm (LayerNorm), head/fc2
 
-Layout differences from timm, handled by the converter: depthwise kernels are ``[kh, kw, C]``
-(timm ``[C, 1, kh, kw]``) and the ConvMlp's 1x1 convs are Dense kernels ``[C, C']`` (timm
-``[C', C, 1, 1]``). Initialisation follows timm (truncated normal 0.02, zero biases) except the
-depthwise kernels (DepthwiseConv2D's PyTorch default). Stage outputs are sown as
-``intermediates/stage{i}``, i = 0..3 at strides 4, 8, 16, 32 (timm's feature stages).
+The one layout difference from timm, handled by the converter: depthwise kernels are
+``[kh, kw, C]`` (timm ``[C, 1, kh, kw]``). Initialisation follows timm (truncated normal 0.02,
+zero biases) except the depthwise kernels (DepthwiseConv2D's PyTorch default). Stage outputs
+are sown as ``intermediates/stage{i}``, i = 0..3 at strides 4, 8, 16, 32 (timm's feature
+stages).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ import jax.numpy as jnp
 from jaxconv.convert.timm import register_timm_family
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, drop_path_rates
 from jaxconv.models.convnext import (
-    Mlp,
     _resolve_dw_conv,
     check_implementation,
     check_positive_number,
@@ -54,7 +53,7 @@ from jaxconv.models.convnext import (
 )
 from jaxconv.registry import register_model
 
-__all__ = ["InceptionDWConv2d", "InceptionNeXt", "MetaNeXtBlock", "MlpClassifierHead",
+__all__ = ["ConvMlp", "InceptionDWConv2d", "InceptionNeXt", "MetaNeXtBlock", "MlpClassifierHead",
            "branch_channels"]
 
 
@@ -64,7 +63,7 @@ def _dense(features: int, dtype, name: str) -> nn.Dense:
 
 
 def _conv(features: int, size: int, dtype, name: str) -> nn.Conv:
-    """A size x size / size patch conv with bias (stem and downsampling)."""
+    """A size x size / size patch conv with bias (stem, downsampling, 1x1 MLP convs)."""
     return nn.Conv(features, (size, size), strides=(size, size), padding="VALID", dtype=dtype,
                    param_dtype=jnp.float32, kernel_init=trunc_normal_init, name=name)
 
@@ -107,6 +106,21 @@ class InceptionDWConv2d(nn.Module):
         return jnp.concatenate(branches, axis=-1)
 
 
+class ConvMlp(nn.Module):
+    """1x1 conv - GELU (exact) - 1x1 conv, with biases (timm ``ConvMlp``: ``fc1``, ``fc2``;
+    1x1 convs rather than Dense layers so the kernels are timm's ``[O, I, 1, 1]`` transposed)."""
+
+    hidden_features: int
+    out_features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = _conv(self.hidden_features, 1, self.dtype, "fc1")(x)
+        x = nn.gelu(x, approximate=False)
+        return _conv(self.out_features, 1, self.dtype, "fc2")(x)
+
+
 class MetaNeXtBlock(nn.Module):
     """token mixer - BN - ConvMlp (GELU) - layer scale - drop path, + identity (timm
     ``MetaNeXtBlock``). ``ls_init_value=None`` drops the layer scale."""
@@ -124,8 +138,7 @@ class MetaNeXtBlock(nn.Module):
         x = InceptionDWConv2d(dtype=self.dtype, name="token_mixer",
                               **dict(self.mixer_kwargs or ()))(x)
         x = batch_norm(self.train, dtype=self.dtype, name="norm")(x)
-        # timm's ConvMlp (1x1 convs) is a per-pixel MLP: computed as Dense layers.
-        x = Mlp(int(self.mlp_ratio * self.dim), self.dim, dtype=self.dtype, name="mlp")(x)
+        x = ConvMlp(int(self.mlp_ratio * self.dim), self.dim, dtype=self.dtype, name="mlp")(x)
         if self.ls_init_value is not None:
             gamma = self.param("gamma", nn.initializers.constant(self.ls_init_value),
                                (self.dim,), jnp.float32)
