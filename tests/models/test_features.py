@@ -29,9 +29,11 @@ KNOWN_ISSUES = {
 
 
 # Deeper variants of code the default run already covers (their shallower siblings), whose
-# ``init`` traces take 1-3 s each on a 2-core CPU: run with ``-m slow``.
+# ``init`` traces take 1-6 s each on a 2-core CPU: run with ``-m slow``.
 DEEP_VARIANTS = {"densenet169", "densenet201", "resnet101", "resnet152", "resnet1202",
-                 "preact_resnet1001", "wide_resnet101_2"}
+                 "preact_resnet1001", "wide_resnet101_2", "convnext_small", "convnext_base",
+                 "inception_next_small", "inception_next_base", "nat_small", "nat_base",
+                 "cvt_21", "unireplknet_f", "unireplknet_p", "unireplknet_n", "unireplknet_t"}
 
 
 def _marks(name):
