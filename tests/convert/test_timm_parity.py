@@ -27,6 +27,7 @@ import pytest
 import jaxconv
 from jaxconv.convert import from_timm
 from jaxconv.convert.seeded import read_fixture
+from tests.helpers import FAST_COMPILE
 
 FIXTURE_DIR = pathlib.Path(__file__).resolve().parents[1] / "models" / "timm_fixtures"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.npz"))
@@ -41,7 +42,6 @@ MODEL_OVERRIDES = {
     "wide_resnet101_2": {"scan_blocks": True},
 }
 # Test-only XLA:CPU options that cut compile time 2-5x (as in tests/models/test_resnet.py).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def _params():

@@ -10,23 +10,9 @@ import numpy as np
 import pytest
 
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D
+from tests.helpers import run_jitted
 
 CHANNELS, HEADS, KERNEL = 8, 2, 3
-
-# Test-only XLA:CPU options (as in tests/models/test_resnet.py): compile 2-5x faster.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def run_jitted(fn, *args):
-    """``jax.jit(fn)(*args)``, compiled with the fast options on CPU."""
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() == "cpu":
-        try:
-            return lowered.compile(compiler_options=FAST_COMPILE)(*args)
-        except Exception as err:  # an XLA without one of the options
-            if "compile option" not in str(err):
-                raise
-    return lowered.compile()(*args)
 
 
 def numpy_params(seed=0, channels=CHANNELS, heads=HEADS, kernel=KERNEL):

@@ -25,7 +25,8 @@ from jaxconv.layers.reparam import (
     pad_kernel,
     reparameterize,
 )
-from tests.models.test_densenet import _compile, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import numpy_variables
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -240,7 +241,7 @@ def test_every_block_type_reparameterizes_exactly():
                 for name, (block, _, deploy, _) in cases.items()}
 
     all_vars = {n: (c[1], c[3]) for n, c in cases.items()}
-    results = _compile(outputs, all_vars, x)(all_vars, x)
+    results = compile_fast(outputs, all_vars, x)(all_vars, x)
     for name, (y, y_deploy) in results.items():
         assert float(jnp.std(y)) > 0.05, name
         np.testing.assert_allclose(y_deploy, y, rtol=1e-4, atol=1e-4, err_msg=name)

@@ -15,21 +15,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxconv.analysis import init_variables
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def compile_fn(fn, *args):
-    """``jax.jit(fn)`` compiled for ``args`` (with the fast-compile options on CPU)."""
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options: compile as usual
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
+from tests.helpers import compile_fast
 
 
 def random_variables(model, input_shape, seed: int = 0, *, abstract=None) -> dict:
@@ -79,7 +65,7 @@ def check_train_step(model, input_shape, *, drop_path: bool = True):
         logits, state = out
         return jnp.mean(logits ** 2), state.get("batch_stats")
 
-    step = compile_fn(jax.value_and_grad(loss_fn, has_aux=True), variables["params"], x)
+    step = compile_fast(jax.value_and_grad(loss_fn, has_aux=True), variables["params"], x)
     (loss, stats), grads = step(variables["params"], x)
     assert np.isfinite(float(loss)) and float(loss) > 0
     flat = flatten_dict(grads)

@@ -24,6 +24,7 @@ from jaxconv.analysis import count_params, init_variables
 from jaxconv.convert import from_timm
 from jaxconv.convert.seeded import read_fixture
 from jaxconv.models.coatnet import STYLES, CoAtNet, make_divisible
+from tests.helpers import compile_fast
 
 # timm.create_model(name).parameters(), default 1000-class head (timm 1.0.31).
 PARAM_COUNTS = {"coatnet_0_rw_224": 27_435_562, "coatnet_0_224": 25_036_820}
@@ -36,20 +37,7 @@ PAPER_MILLIONS = {"coatnet_0_224": "25"}
 TINY = dict(depths=(2, 2), embed_dims=(16, 32), block_types=("C", "T"), stem_widths=(8, 16),
             head_dim=8, num_classes=5)
 TINY_SHAPE = (4, 32, 32, 3)
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 FIXTURE = pathlib.Path(__file__).resolve().parent / "timm_fixtures" / "coatnet_0_rw_224.npz"
-
-
-def _compile(fn, *args):
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
 
 
 def numpy_variables(model, input_shape, seed=0):
@@ -171,7 +159,7 @@ def test_train_step_backward_and_jit(style):
     x = jnp.asarray(np.random.default_rng(1).normal(size=TINY_SHAPE), jnp.float32)
     labels = jnp.arange(4) % 5
     if style == "rw":  # real init, once (the other style runs on NumPy variables)
-        variables = _compile(lambda k, x: model.init(k, x, train=False),
+        variables = compile_fast(lambda k, x: model.init(k, x, train=False),
                              jax.random.key(0, impl="rbg"), x)(jax.random.key(0, impl="rbg"), x)
     else:
         variables = numpy_variables(model, x.shape)
@@ -188,7 +176,7 @@ def test_train_step_backward_and_jit(style):
         return train, model.apply({"params": params, "batch_stats": stats}, x, train=False)
 
     key = jax.random.key(3, impl="rbg")
-    run = _compile(train_and_eval, params, stats, x, key)
+    run = compile_fast(train_and_eval, params, stats, x, key)
     ((loss, (logits, new)), grads), out = run(params, stats, x, key)
     assert logits.shape == (4, 5) and logits.dtype == jnp.float32 and np.isfinite(loss)
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats),
@@ -247,7 +235,7 @@ def test_parity_notices_a_wrong_relative_position_layout():
     variables = from_timm(fixture.name, fixture.state_dict(), model=model)
     x = jnp.asarray(fixture.input_nchw().transpose(0, 2, 3, 1))
     with jax.default_matmul_precision("highest"):
-        forward = _compile(lambda v, x: model.apply(v, x), variables, x)
+        forward = compile_fast(lambda v, x: model.apply(v, x), variables, x)
     scale = float(np.abs(fixture.logits).max())
     assert np.abs(forward(variables, x) - fixture.logits).max() <= 2e-5 * scale
 

@@ -10,7 +10,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 import jaxconv
 from jaxconv.analysis import count_params, init_variables
 from jaxconv.models.convnext_dcls import ConvNeXtDcls
-from tests.models.modern_helpers import check_train_step, compile_fn, random_variables
+from tests.helpers import compile_fast
+from tests.models.modern_helpers import check_train_step, random_variables
 
 # convnext_tiny has 28,589,128 parameters (timm). Its 7x7 depthwise kernels hold
 # 49 * sum(depth_i * dim_i) = 49 * (3*96 + 3*192 + 9*384 + 3*768) = 49 * 6,624 = 324,576.
@@ -62,8 +63,8 @@ def test_positions_are_shared_by_the_blocks_of_a_stage():
     params = unflatten_dict(copied)
     # Stage 0 has 2 blocks: one extra copy of its [2, 5, 8] positions.
     assert count_params(params) == count_params(variables["params"]) + 2 * 5 * 8
-    run_shared = compile_fn(lambda v, x: shared.apply(v, x), variables, x)
-    run_per_block = compile_fn(lambda v, x: per_block.apply(v, x), {"params": params}, x)
+    run_shared = compile_fast(lambda v, x: shared.apply(v, x), variables, x)
+    run_per_block = compile_fast(lambda v, x: per_block.apply(v, x), {"params": params}, x)
     np.testing.assert_allclose(run_shared(variables, x), run_per_block({"params": params}, x),
                                rtol=1e-5, atol=1e-6)
     moved = dict(flatten_dict(params))

@@ -22,6 +22,7 @@ from jaxconv.analysis import count_params, init_variables
 from jaxconv.convert.seeded import read_fixture
 from jaxconv.layers import BN_EPSILON
 from jaxconv.models.cvt import CvTAttention, variables_from_hf
+from tests.helpers import run_jitted
 
 # Wu et al. 2021 (arXiv:2103.15808), Table 2 ("#Param."): CvT-13 20M, CvT-21 32M (whole
 # millions). Our exact counts (19,997,480 and 31,622,696) also equal the authors' released
@@ -46,21 +47,6 @@ def expected_count(depths, dims=(64, 192, 384), patches=(7, 3, 3), mlp_ratio=4, 
         total += depth * block
         c_in = d
     return total + 2 * dims[-1] + dims[-1] * classes + classes
-
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def run_jitted(fn, *args):
-    """``jax.jit(fn)(*args)``, compiled with the fast options on CPU."""
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() == "cpu":
-        try:
-            return lowered.compile(compiler_options=FAST_COMPILE)(*args)
-        except Exception as err:  # an XLA without one of the options
-            if "compile option" not in str(err):
-                raise
-    return lowered.compile()(*args)
 
 
 def numpy_variables(model, shape, seed=0, *args):

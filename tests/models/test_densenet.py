@@ -19,6 +19,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 import jaxconv
 from jaxconv.analysis import count_params, init_variables
 from jaxconv.models.densenet import DenseNet
+from tests.helpers import compile_fast
 
 # timm.create_model(name).parameters() (default 1000-class head); see ENVIRONMENT.md.
 TIMM_COUNTS = {
@@ -29,20 +30,6 @@ TIMM_COUNTS = {
 # Huang et al. 2017 (arXiv:1608.06993), Table 2, "DenseNet-BC (L = 100, k = 12)": 0.8M params
 # (one decimal in millions); our exact count for 10 classes, BN scale/bias included:
 BC_100_K12 = 769_162
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _compile(fn, *args):
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
 
 
 def numpy_variables(model, shape, seed=0):
@@ -89,7 +76,7 @@ def check_step(model, shape, num_classes, seed=0):
     variables = numpy_variables(model, shape, seed)
     x = jnp.asarray(np.random.default_rng(seed + 1).normal(size=shape), jnp.float32)
     key = jax.random.key(0)
-    eval_logits, train_logits, loss, grads, updates = _compile(
+    eval_logits, train_logits, loss, grads, updates = compile_fast(
         train_and_eval(model), variables, x, key)(variables, x, key)
     for logits in (eval_logits, train_logits):
         assert logits.shape == (shape[0], num_classes) and logits.dtype == jnp.float32
@@ -192,7 +179,7 @@ def test_memory_efficient_is_the_same_function():
 
         return jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
 
-    out_plain, out_remat = _compile(lambda: (grads(plain), grads(remat)))()
+    out_plain, out_remat = compile_fast(lambda: (grads(plain), grads(remat)))()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  out_plain, out_remat)
 
@@ -237,7 +224,7 @@ def test_dropout_only_in_train_mode():
                 no_drop.apply(variables, x))
 
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    a, b, eval_drop, eval_plain = _compile(run, variables, x, k1, k2)(variables, x, k1, k2)
+    a, b, eval_drop, eval_plain = compile_fast(run, variables, x, k1, k2)(variables, x, k1, k2)
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(eval_drop, eval_plain)
 

@@ -12,7 +12,8 @@ import pytest
 
 import jaxconv
 from jaxconv.models import features
-from tests.models.test_densenet import _compile, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import numpy_variables
 
 # Models whose stages legitimately share a resolution (so strides are not strictly increasing):
 # residual_stack (a single-resolution study model: stem and residual stack at one stride).
@@ -101,7 +102,7 @@ def test_stage_features_under_jit_and_in_train_mode():
         _, direct = model.apply(variables, x, mutable=["intermediates"])
         return evaluated, trained, state, direct["intermediates"]
 
-    evaluated, trained, state, direct = _compile(run, variables, x)(variables, x)
+    evaluated, trained, state, direct = compile_fast(run, variables, x)(variables, x)
     assert [(f.name, f.stride, f.array.shape) for f in evaluated] == [
         ("stage0", 1, (2, 16, 16, 16)), ("stage1", 2, (2, 8, 8, 32)), ("stage2", 4, (2, 4, 4, 64))]
     for name, array, _ in evaluated:

@@ -12,7 +12,8 @@ from flax.traverse_util import flatten_dict
 import jaxconv
 from jaxconv.analysis import count_params, init_variables
 from jaxconv.models.inception import BasicConv2d, min_input_size
-from tests.models.test_densenet import _compile, check_step, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import check_step, numpy_variables
 
 # timm.create_model("inception_v3").parameters(): timm's default has no AuxLogits head
 # (aux_logits=False); see ENVIRONMENT.md.
@@ -115,7 +116,7 @@ def test_aux_head_forward_backward_at_299():
                                        mutable=["batch_stats"])
         return jnp.mean(logits) + 0.4 * jnp.mean(aux)
 
-    grads = _compile(jax.grad(loss), variables["params"])(variables["params"])
+    grads = compile_fast(jax.grad(loss), variables["params"])(variables["params"])
     assert np.any(np.asarray(grads["AuxLogits"]["fc"]["kernel"]) != 0)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +19,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 import jaxconv
 from jaxconv.analysis import count_macs, count_params, init_variables
 from jaxconv.models import mobilenet
+from tests.helpers import compile_fast
 
 # mobilenetv1_100: timm.create_model("mobilenetv1_100") (timm 1.0.31; also ENVIRONMENT.md).
 # The others are not registered in timm; their counts are timm's own generator at that width,
@@ -168,20 +168,7 @@ def random_variables(model, input_shape, seed=0):
 # Test-only XLA:CPU options (as in test_resnet.py): the mobilenetv1_025 train step compiles in
 # 3 s with them, 15 s without (2-core CPU, jax 0.10.2). The 0.5/0.75 widths run the same code
 # as 0.25 and are marked slow, as is 1.0 (its forward runs in the timm parity test).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 _SLOW_SMOKE = {"mobilenetv1_050", "mobilenetv1_075", "mobilenetv1_100"}
-
-
-def _compile(fn, *args):
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options: compile as usual
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
 
 
 @pytest.mark.parametrize(
@@ -203,7 +190,7 @@ def test_forward_backward(name):
             variables["params"])
         return model.apply(variables, x), logits, loss, grads, updates
 
-    eval_logits, train_logits, loss, grads, updates = _compile(step, variables, x, key)(
+    eval_logits, train_logits, loss, grads, updates = compile_fast(step, variables, x, key)(
         variables, x, key)
     for logits in (eval_logits, train_logits):
         assert logits.shape == (2, 1000) and logits.dtype == jnp.float32

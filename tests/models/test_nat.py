@@ -21,6 +21,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 import jaxconv
 from jaxconv.analysis import count_params, init_variables
 from jaxconv.models.nat import NAT, variables_from_official
+from tests.helpers import compile_fast
 
 # Hassani et al. 2023 (arXiv:2204.07143), Table 1 (and the authors' classification/README.md):
 # NAT-Mini 20M, Tiny 28M, Small 51M, Base 90M, i.e. counts rounded to whole millions.
@@ -52,21 +53,6 @@ def expected_count(depths, heads, dim, mlp_ratio, layer_scale, kernel=7, classes
             total += d * 9 * 2 * d + 2 * 2 * d  # downsampler conv (no bias) + LN
     final = dim * 2 ** (len(depths) - 1)
     return total + 2 * final + final * classes + classes
-
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _compile(fn, *args):
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
 
 
 def numpy_variables(model, shape, seed=0):
@@ -180,7 +166,7 @@ def test_forward_backward_jit_and_train_mode():
         return loss, grads, train[0], train[1], model.apply({"params": params}, x, train=False)
 
     args = (variables["params"], x, jax.random.split(jax.random.key(0)))
-    loss, grads, train1, train2, evals = _compile(fn, *args)(*args)
+    loss, grads, train1, train2, evals = compile_fast(fn, *args)(*args)
     assert evals.shape == (2, 10) and evals.dtype == jnp.float32
     assert np.isfinite(loss) and np.all(np.isfinite(evals))
     flat = flatten_dict(grads)

@@ -10,7 +10,8 @@ import pytest
 
 import jaxconv
 from jaxconv.analysis import count_params, init_variables
-from tests.models.test_densenet import _compile, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import numpy_variables
 
 # Springenberg et al. 2014 (arXiv:1412.6806), Table 3 (CIFAR-10 error and "# params"):
 # All-CNN-C "1.3 M", Network in Network "~1 M" (Lin et al. print no count). Both are
@@ -84,7 +85,7 @@ def test_forward_backward_jit_and_options(name):
         return grads, train1, train2, model.apply(v, x), model.apply(v, x), relu_maps.apply(v, x)
 
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    grads, train1, train2, eval1, eval2, eval_relu = _compile(step, variables, x, k1, k2)(
+    grads, train1, train2, eval1, eval2, eval_relu = compile_fast(step, variables, x, k1, k2)(
         variables, x, k1, k2)
     assert eval1.shape == (4, 10) and eval1.dtype == jnp.float32
     dead = [k for k, g in grads.items() if not np.any(np.asarray(g["kernel"]) != 0)]

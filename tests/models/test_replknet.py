@@ -20,7 +20,8 @@ from jaxconv.analysis import count_params, init_variables, model_flops
 from jaxconv.layers import DepthwiseConv2D
 from jaxconv.layers.reparam import reparameterize
 from jaxconv.models.replknet import RepLKNet
-from tests.models.test_densenet import _compile, check_step, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import check_step, numpy_variables
 
 # Ding et al. 2022 (arXiv:2203.06717), Table 5 (ImageNet, 224x224): RepLKNet-31B "79M" params,
 # rounded to the million; the paper counts the inference (re-parameterized) structure.
@@ -120,8 +121,8 @@ def test_reparameterized_small_model_equals_training_form():
     variables = numpy_variables(model, shape, seed=1)
     deploy_model, deploy_vars = reparameterize(model, variables, input_shape=shape)
     x = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
-    y = _compile(lambda v, x: model.apply(v, x, train=False), variables, x)(variables, x)
-    y_deploy = _compile(lambda v, x: deploy_model.apply(v, x), deploy_vars, x)(deploy_vars, x)
+    y = compile_fast(lambda v, x: model.apply(v, x, train=False), variables, x)(variables, x)
+    y_deploy = compile_fast(lambda v, x: deploy_model.apply(v, x), deploy_vars, x)(deploy_vars, x)
     assert float(jnp.std(y)) > 0.1  # outputs carry signal, so the comparison means something
     np.testing.assert_allclose(y_deploy, y, rtol=1e-4, atol=2e-4 * float(jnp.max(jnp.abs(y))))
     assert count_params(deploy_vars["params"]) < count_params(variables["params"])

@@ -23,6 +23,7 @@ from jaxconv.analysis import count_params, init_variables
 from jaxconv.layers import DropPath, batch_norm, conv2d, drop_path_rates, loop_safe_conv
 from jaxconv.models import resnet
 from jaxconv.models.resnet import stack_scanned_blocks, unstack_scanned_blocks
+from tests.helpers import compile_fast
 
 # Exact counts of float32 parameters (BN scale/bias included, batch_stats excluded).
 # ImageNet models: timm's counts (timm.create_model(name).parameters(), default 1000-class head).
@@ -119,26 +120,8 @@ def random_variables(model: resnet.ResNet, input_shape, seed: int = 0) -> dict:
     }
 
 
-# Test-only XLA:CPU options: together they cut compile time 2-5x on these models (measured:
-# resnet20 train+eval step 7.9 s -> 1.3 s, resnet50 15 s -> 4.2 s); small inputs keep the slower
-# code cheap to run.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _compile(fn, *args):
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options: compile as usual
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
-
-
 def _run(fn, *args):
-    return _compile(fn, *args)(*args)
+    return compile_fast(fn, *args)(*args)
 
 
 # ------------------------------------------------------------------------ parameter counts
@@ -272,7 +255,7 @@ def test_forward_backward(name):
     variables = random_variables(model, shape)
     x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
     key = jax.random.key(0)
-    step = _compile(_train_and_eval(model), variables, x, key)
+    step = compile_fast(_train_and_eval(model), variables, x, key)
     eval_logits, train_logits, loss, grads, updates = step(variables, x, key)
 
     num_classes = jaxconv.model_info(name).num_classes
@@ -305,8 +288,8 @@ def test_scan_equals_unrolled_forward_and_gradients():
     v_scanned = stack_scanned_blocks(v_unrolled)
     x = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
     key = jax.random.key(0)
-    out_u = _compile(_train_and_eval(unrolled), v_unrolled, x, key)(v_unrolled, x, key)
-    out_s = _compile(_train_and_eval(scanned), v_scanned, x, key)(v_scanned, x, key)
+    out_u = compile_fast(_train_and_eval(unrolled), v_unrolled, x, key)(v_unrolled, x, key)
+    out_s = compile_fast(_train_and_eval(scanned), v_scanned, x, key)(v_scanned, x, key)
     eval_u, train_u, loss_u, grads_u, upd_u = out_u
     eval_s, train_s, loss_s, grads_s, upd_s = out_s
     np.testing.assert_allclose(eval_s, eval_u, rtol=1e-4, atol=1e-4)
@@ -422,7 +405,7 @@ def test_drop_path(scan_blocks):
         return m.apply(v, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]
 
     key = jax.random.key(1)
-    dropped = _compile(lambda v, x, k: train(model, v, x, k), variables, x, key)
+    dropped = compile_fast(lambda v, x, k: train(model, v, x, k), variables, x, key)
     drop1 = dropped(variables, x, key)
     drop2 = dropped(variables, x, jax.random.key(2))
     assert not np.allclose(drop1, drop2)  # another key drops other blocks
@@ -493,7 +476,7 @@ def test_bfloat16_compute():
     variables = random_variables(model, shape)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
     x = jnp.asarray(np.random.default_rng(6).normal(size=shape), jnp.float32)
-    eval_logits, train_logits, loss, grads, _ = _compile(
+    eval_logits, train_logits, loss, grads, _ = compile_fast(
         _train_and_eval(model), variables, x, jax.random.key(0)
     )(variables, x, jax.random.key(0))
     assert eval_logits.dtype == train_logits.dtype == jnp.float32

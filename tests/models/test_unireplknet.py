@@ -18,7 +18,8 @@ import jaxconv
 from jaxconv.analysis import count_params, init_variables, model_flops
 from jaxconv.layers.reparam import reparameterize
 from jaxconv.models.unireplknet import DILATED_BRANCHES, UniRepLKNet, UniRepLKNetBlock
-from tests.models.test_densenet import _compile, check_step, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import check_step, numpy_variables
 from tests.models.test_replknet import depthwise_implementations
 
 # Ding et al. 2024 (arXiv:2311.15599), Table 2 (ImageNet-1K, 224x224), "Params (M)":
@@ -112,8 +113,8 @@ def test_reparameterized_small_model_equals_training_form():
     variables = numpy_variables(model, shape, seed=5)
     deploy_model, deploy_vars = reparameterize(model, variables, input_shape=shape)
     x = jnp.asarray(np.random.default_rng(6).normal(size=shape), jnp.float32)
-    y = _compile(lambda v, x: model.apply(v, x, train=False), variables, x)(variables, x)
-    y_deploy = _compile(lambda v, x: deploy_model.apply(v, x), deploy_vars, x)(deploy_vars, x)
+    y = compile_fast(lambda v, x: model.apply(v, x, train=False), variables, x)(variables, x)
+    y_deploy = compile_fast(lambda v, x: deploy_model.apply(v, x), deploy_vars, x)(deploy_vars, x)
     assert float(jnp.std(y)) > 0.1
     np.testing.assert_allclose(y_deploy, y, rtol=1e-4, atol=2e-4 * float(jnp.max(jnp.abs(y))))
     assert count_params(deploy_vars["params"]) < count_params(variables["params"])

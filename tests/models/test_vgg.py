@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 import jaxconv
 from jaxconv.analysis import count_macs, count_params, init_variables
 from jaxconv.models import vgg
+from tests.helpers import compile_fast
 
 # timm 1.0.31 (timm.create_model(name), default 1000-class head, sum of parameters().numel());
 # vgg11/vgg16/vgg16_bn/vgg19 are also in /work/shared/ENVIRONMENT.md. CIFAR models: our count,
@@ -55,20 +55,6 @@ TIMM_CFGS = {
     19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
          512, 512, 512, 512, "M"],
 }
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _compile(fn, *args):
-    lowered = jax.jit(fn).lower(*args)
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception as err:  # an XLA without one of the options: compile as usual
-        if "compile option" not in str(err):
-            raise
-        return lowered.compile()
 
 
 def random_variables(model, input_shape, seed=0):
@@ -216,7 +202,7 @@ def test_forward_backward(name):
             variables["params"])
         return model.apply(variables, x, train=False), logits, loss, grads, updates
 
-    eval_logits, train_logits, loss, grads, updates = _compile(step, variables, x)(variables, x)
+    eval_logits, train_logits, loss, grads, updates = compile_fast(step, variables, x)(variables, x)
     num_classes = jaxconv.model_info(name).num_classes
     for logits in (eval_logits, train_logits):
         assert logits.shape == (2, num_classes) and logits.dtype == jnp.float32
@@ -249,7 +235,7 @@ def test_dropout_and_no_bn_backward():
             plain.apply(v, x), grads
 
     keys = jax.random.key(0), jax.random.key(1)
-    drop1, drop2, eval_out, no_dropout, grads = _compile(run, variables, x, *keys)(
+    drop1, drop2, eval_out, no_dropout, grads = compile_fast(run, variables, x, *keys)(
         variables, x, *keys)
     assert not np.allclose(drop1, drop2)
     np.testing.assert_array_equal(eval_out, no_dropout)
@@ -299,5 +285,5 @@ def test_bfloat16_compute():
     shape = (2, 8, 8, 3)
     variables = random_variables(model, shape)
     x = jnp.ones(shape)
-    logits = _compile(lambda v, x: model.apply(v, x), variables, x)(variables, x)
+    logits = compile_fast(lambda v, x: model.apply(v, x), variables, x)(variables, x)
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))

@@ -12,7 +12,8 @@ import jaxconv
 from jaxconv.analysis import count_params, init_variables
 from jaxconv.models.resnet import ResNet
 from jaxconv.models.wrn import WideResNet, wide_resnet_cifar
-from tests.models.test_densenet import _compile, check_step, numpy_variables
+from tests.helpers import compile_fast
+from tests.models.test_densenet import check_step, numpy_variables
 
 # Paper: Zagoruyko & Komodakis 2016 (arXiv:1605.07146), Table 4, "# params" column: WRN-40-4
 # 8.9M, WRN-16-8 11.0M, WRN-28-10 36.5M (one decimal in millions, BN parameters included).
@@ -76,7 +77,7 @@ def test_equals_preact_resnet_without_dropout():
         return [(m.apply(v, x), m.apply(v, x, train=True, mutable=["batch_stats"]))
                 for m in (wrn, resnet)]
 
-    out_wrn, out_resnet = _compile(both, variables, x)(variables, x)
+    out_wrn, out_resnet = compile_fast(both, variables, x)(variables, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  out_wrn, out_resnet)
 
@@ -96,7 +97,7 @@ def test_dropout_between_convs_only_in_train_mode():
                 no_drop.apply(v, x))
 
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    a, b, plain, eval_drop, eval_plain = _compile(run, variables, x, k1, k2)(variables, x, k1, k2)
+    a, b, plain, eval_drop, eval_plain = compile_fast(run, variables, x, k1, k2)(variables, x, k1, k2)
     assert not np.allclose(a, b) and not np.allclose(a, plain)
     np.testing.assert_array_equal(eval_drop, eval_plain)
 
