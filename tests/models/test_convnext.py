@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 import jaxconv
-from jaxconv.analysis import count_params, init_variables
+from jaxconv.analysis import count_macs, count_params, init_variables
 from jaxconv.layers import DepthwiseConv2D
 from jaxconv.models.convnext import ConvNeXt, ConvNeXtBlock
-from tests.models.modern_helpers import check_train_step, compile_fn, random_variables
+from tests.helpers import compile_fast
+from tests.models.modern_helpers import check_train_step, random_variables
 
 # timm's counts: sum(p.numel() for p in timm.create_model(name).parameters()), 1000 classes.
 PARAM_COUNTS = {
@@ -43,6 +44,13 @@ def _abstract_params(name):
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_param_count(name):
     assert count_params(_abstract_params(name)) == PARAM_COUNTS[name]
+
+
+def test_macs_match_the_paper():
+    """Liu et al. 2022, Table 1 (ImageNet-1K at 224^2, 'FLOPs' = multiply-adds, 1 decimal):
+    ConvNeXt-T 4.5G (small/base: 8.7G/15.4G, same code at other depths/widths)."""
+    macs = count_macs(jaxconv.create_model("convnext_tiny"), (1, 224, 224, 3))
+    assert f"{macs / 1e9:.1f}" == "4.5", macs
 
 
 def test_timm_layout():
@@ -86,7 +94,7 @@ def test_layer_scale_init_and_disable():
     """gamma starts at ls_init_value (real init); ls_init_value=None has no gamma."""
     block = ConvNeXtBlock(dim=4, kernel_size=3)
     key, x = jax.random.key(0, impl="rbg"), jnp.zeros((1, 5, 5, 4))
-    params = compile_fn(block.init, key, x)(key, x)["params"]
+    params = compile_fast(block.init, key, x)(key, x)["params"]
     np.testing.assert_array_equal(params["gamma"], np.full(4, 1e-6, np.float32))
     no_ls = init_variables(ConvNeXt(**TINY, ls_init_value=None), (1, 16, 16, 3))["params"]
     with_ls = init_variables(ConvNeXt(**TINY), (1, 16, 16, 3))["params"]
@@ -191,7 +199,7 @@ def test_from_timm_refuses_injected_dw_conv():
 def test_bfloat16_compute():
     model = ConvNeXt(**TINY, dtype="bfloat16")
     variables = random_variables(model, (1, 16, 16, 3))
-    fn = compile_fn(lambda v, x: model.apply(v, x), variables, jnp.zeros((1, 16, 16, 3)))
+    fn = compile_fast(lambda v, x: model.apply(v, x), variables, jnp.zeros((1, 16, 16, 3)))
     logits = fn(variables, jnp.ones((1, 16, 16, 3)))
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))

@@ -15,7 +15,7 @@ import jaxconv
 from jaxconv.analysis import count_params, init_variables
 from jaxconv.layers import ECA, eca_kernel_size
 from jaxconv.models.resnet import ResNet, _avg_pool_ceil
-from tests.models.modern_helpers import check_train_step, random_variables
+from tests.models.modern_helpers import check_train_step
 
 # timm: sum(p.numel() for p in timm.create_model("ecaresnet50d").parameters()).
 ECARESNET50D = 25_576_350

@@ -16,7 +16,7 @@ import pytest
 from jax import lax
 
 import jaxconv
-from jaxconv.analysis import count_params, init_variables
+from jaxconv.analysis import count_macs, count_params, init_variables
 from jaxconv.models.inception_next import InceptionDWConv2d, InceptionNeXt
 from tests.models.modern_helpers import check_train_step, random_variables
 
@@ -41,6 +41,13 @@ def _abstract(name):
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_param_count(name):
     assert count_params(_abstract(name)["params"]) == PARAM_COUNTS[name]
+
+
+def test_macs_match_the_paper():
+    """Yu et al. 2024, Table 1 (ImageNet-1K at 224^2, 'MACs', 1 decimal): InceptionNeXt-T
+    4.2G (small/base: 8.4G/14.9G, same code at other depths/widths)."""
+    macs = count_macs(jaxconv.create_model("inception_next_tiny"), (1, 224, 224, 3))
+    assert f"{macs / 1e9:.1f}" == "4.2", macs
 
 
 def test_timm_layout():
