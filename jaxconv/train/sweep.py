@@ -29,7 +29,6 @@ import importlib.util
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import time

@@ -88,7 +88,7 @@ def _per_dim(argument: str, value: Any, ndim: int, kind: type, what: str) -> tup
     else:
         form = "an int" if kind is int else "a bool"
         raise ValueError(f"{argument}={value!r} is not supported: give {form}"
-                         + (f" or a pair of them (one per spatial dim)" if ndim == 2 else
+                         + (" or a pair of them (one per spatial dim)" if ndim == 2 else
                             " (1-D input)") + f"; {what}")
     return tuple(kind(v) for v in values)
 

@@ -3,7 +3,6 @@
 Runs resnet20 on the offline digits set for a few dozen steps. Subprocess runs go through the real
 command line (`python -m experiments.train`), as a user would.
 """
-import json
 import os
 import signal
 import socket
