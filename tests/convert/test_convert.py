@@ -42,9 +42,12 @@ def test_expected_keys_are_timms(path):
     """For every fixture model, the keys and shapes from_timm expects are timm's state_dict
     (num_batches_tracked aside): the naming of slow-marked models is checked here too."""
     fixture = seeded.read_fixture(path)
-    timm_keys = {k: s for k, s in fixture.entries if not k.endswith("num_batches_tracked")}
-    expected = {k: shape for k, (_, shape) in timm_key_map(fixture.name).items()}
-    assert expected == timm_keys
+    timm_keys = {k: tuple(s) for k, s in fixture.entries if not k.endswith("num_batches_tracked")}
+    expected = {k: tuple(shape) for k, (_, shape) in timm_key_map(fixture.name).items()}
+    assert expected.keys() == timm_keys.keys()
+    for key, shape in timm_keys.items():
+        # A 1x1 conv implemented as a dense layer (CoAtNet) takes timm's [O, I, 1, 1] as [O, I].
+        assert expected[key] in (shape, shape[:2] if shape[2:] == (1, 1) else None), key
 
 
 def test_key_map_entries():
