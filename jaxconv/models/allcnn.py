@@ -23,8 +23,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import canonical_dtype
-from jaxconv.models.nin import _check_rate, _he_normal
-from jaxconv.models.resnet import _positive_ints
+from jaxconv.models.checks import check_rate, positive_ints
+from jaxconv.models.nin import _he_normal
 from jaxconv.registry import register_model
 
 __all__ = ["AllCNN"]
@@ -59,9 +59,9 @@ class AllCNN(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
-        _positive_ints("num_classes", (self.num_classes,))
-        _check_rate("input_dropout_rate", self.input_dropout_rate)
-        _check_rate("dropout_rate", self.dropout_rate)
+        positive_ints("num_classes", (self.num_classes,))
+        check_rate("input_dropout_rate", self.input_dropout_rate)
+        check_rate("dropout_rate", self.dropout_rate)
         if not isinstance(self.class_map_relu, bool):
             raise ValueError(f"class_map_relu must be True or False, got {self.class_map_relu!r}")
         super().__post_init__()

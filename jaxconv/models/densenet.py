@@ -51,7 +51,7 @@ import jax.numpy as jnp
 
 from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import batch_norm, canonical_dtype, conv2d, dense
-from jaxconv.models.resnet import _check_choice, _positive_ints
+from jaxconv.models.checks import check_choice, positive_ints
 from jaxconv.registry import register_model
 
 __all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition"]
@@ -171,11 +171,11 @@ class DenseNet(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "block_config",
-                           _positive_ints("block_config", self.block_config))
+                           positive_ints("block_config", self.block_config))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         for field in ("growth_rate", "bn_size", "stem_width", "num_classes"):
-            _positive_ints(field, (getattr(self, field),))
-        _check_choice("stem", self.stem, STEMS)
+            positive_ints(field, (getattr(self, field),))
+        check_choice("stem", self.stem, STEMS)
         c = self.compression
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
             raise ValueError(f"compression must be a float in (0, 1], got {c!r}")

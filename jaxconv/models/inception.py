@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import BN_MOMENTUM, canonical_dtype
-from jaxconv.models.resnet import _positive_ints
+from jaxconv.models.checks import positive_ints
 from jaxconv.registry import register_model
 
 __all__ = ["BasicConv2d", "InceptionV3", "min_input_size"]
@@ -259,7 +259,7 @@ class InceptionV3(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
-        _positive_ints("num_classes", (self.num_classes,))
+        positive_ints("num_classes", (self.num_classes,))
         rate = self.dropout_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"dropout_rate must be a float in [0, 1), got {rate!r}")

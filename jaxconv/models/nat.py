@@ -44,6 +44,7 @@ from flax.traverse_util import unflatten_dict
 import kernels_pallas
 from jaxconv.layers import DropPath, canonical_dtype, conv2d, drop_path_rates
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D, trunc_normal_02
+from jaxconv.models.checks import positive_ints
 from jaxconv.registry import register_model
 
 __all__ = ["NAT", "NATLayer", "NATLevel", "ConvTokenizer", "variables_from_official"]
@@ -180,14 +181,14 @@ class NAT(nn.Module):
     implementation: str | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "depths", _positive_ints("depths", self.depths))
-        object.__setattr__(self, "num_heads", _positive_ints("num_heads", self.num_heads))
+        object.__setattr__(self, "depths", positive_ints("depths", self.depths))
+        object.__setattr__(self, "num_heads", positive_ints("num_heads", self.num_heads))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have "
                              f"equal length")
-        _positive_ints("embed_dim", (self.embed_dim,))
-        _positive_ints("num_classes", (self.num_classes,))
+        positive_ints("embed_dim", (self.embed_dim,))
+        positive_ints("num_classes", (self.num_classes,))
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2 ** i) % heads:
                 raise ValueError(f"num_heads[{i}]={heads} must divide the level's channels "
@@ -230,14 +231,6 @@ class NAT(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         x = linear(self.num_classes, self.dtype, "head")(x)
         return jnp.asarray(x, jnp.float32)
-
-
-def _positive_ints(field: str, values) -> tuple[int, ...]:
-    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0
-                         for v in values):
-        raise ValueError(f"{field} must be positive ints, got {values!r}")
-    return tuple(int(v) for v in values)
 
 
 # ------------------------------------------------------------------------ authors' weights

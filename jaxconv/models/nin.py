@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import canonical_dtype
-from jaxconv.models.resnet import _positive_ints
+from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 
 __all__ = ["NiN"]
@@ -41,11 +41,6 @@ _BLOCKS = (
     (("conv2", 5, 192), ("cccp3", 1, 192), ("cccp4", 1, 192)),
     (("conv3", 3, 192), ("cccp5", 1, 192), ("cccp6", 1, None)),
 )
-
-
-def _check_rate(field: str, rate) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise ValueError(f"{field} must be a float in [0, 1), got {rate!r}")
 
 
 class NiN(nn.Module):
@@ -67,8 +62,8 @@ class NiN(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
-        _positive_ints("num_classes", (self.num_classes,))
-        _check_rate("dropout_rate", self.dropout_rate)
+        positive_ints("num_classes", (self.num_classes,))
+        check_rate("dropout_rate", self.dropout_rate)
         if not isinstance(self.class_map_relu, bool):
             raise ValueError(f"class_map_relu must be True or False, got {self.class_map_relu!r}")
         super().__post_init__()

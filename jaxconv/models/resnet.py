@@ -44,7 +44,6 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import (
@@ -56,6 +55,7 @@ from jaxconv.layers import (
     dense,
     drop_path_rates,
 )
+from jaxconv.models.checks import check_choice, positive_ints
 from jaxconv.registry import register_model
 
 __all__ = [
@@ -322,18 +322,18 @@ class ResNet(nn.Module):
     def __post_init__(self):
         # Normalise before Flax freezes the instance: tuples keep the module hashable and
         # dtype strings ('bfloat16') become dtypes.
-        object.__setattr__(self, "stage_sizes", _positive_ints("stage_sizes", self.stage_sizes))
-        object.__setattr__(self, "widths", _positive_ints("widths", self.widths))
+        object.__setattr__(self, "stage_sizes", positive_ints("stage_sizes", self.stage_sizes))
+        object.__setattr__(self, "widths", positive_ints("widths", self.widths))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(
                 f"stage_sizes {self.stage_sizes} and widths {self.widths} must have equal length"
             )
-        _check_choice("block", self.block, BLOCKS)
-        _check_choice("stem", self.stem, STEMS)
-        _check_choice("shortcut", self.shortcut, SHORTCUTS)
-        _positive_ints("stem_width", (self.stem_width,))
-        _positive_ints("base_width", (self.base_width,))
+        check_choice("block", self.block, BLOCKS)
+        check_choice("stem", self.stem, STEMS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        positive_ints("stem_width", (self.stem_width,))
+        positive_ints("base_width", (self.base_width,))
         if self.base_width != 64 and BLOCKS[self.block].expansion == 1:
             raise ValueError(f"base_width must be 64 for block={self.block!r} (only the bottleneck "
                              f"blocks {[b for b, c in BLOCKS.items() if c.expansion > 1]} have an "
@@ -346,7 +346,7 @@ class ResNet(nn.Module):
                              f"{[b for b, c in BLOCKS.items() if not c.preact]}, got "
                              f"block={self.block!r}, shortcut={self.shortcut!r}")
         if self.attn_layer is not None:
-            _check_choice("attn_layer", self.attn_layer, (None, *ATTN_LAYERS))
+            check_choice("attn_layer", self.attn_layer, (None, *ATTN_LAYERS))
             if preact:
                 raise ValueError(f"attn_layer needs a post-activation block "
                                  f"{[b for b, c in BLOCKS.items() if not c.preact]}, got "
@@ -354,7 +354,7 @@ class ResNet(nn.Module):
         if self.stem == "deep" and preact:
             raise ValueError(f"stem='deep' needs a post-activation block, got "
                              f"block={self.block!r}")
-        _positive_ints("num_classes", (self.num_classes,))
+        positive_ints("num_classes", (self.num_classes,))
         rate = self.drop_path_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"drop_path_rate must be a float in [0, 1), got {rate!r}")
@@ -427,19 +427,6 @@ class ResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         x = dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return jnp.asarray(x, jnp.float32)
-
-
-def _positive_ints(field: str, values) -> tuple[int, ...]:
-    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0
-                         for v in values):
-        raise ValueError(f"{field} must be positive ints, got {values!r}")
-    return tuple(int(v) for v in values)
-
-
-def _check_choice(field: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{field} must be one of {list(choices)}, got {value!r}")
 
 
 # --------------------------------------------------------------- scanned <-> unrolled layout

@@ -36,7 +36,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import batch_norm, canonical_dtype, conv2d, dense, drop_path_rates
-from jaxconv.models.resnet import PreActBasicBlock, _positive_ints
+from jaxconv.models.checks import positive_ints
+from jaxconv.models.resnet import PreActBasicBlock
 from jaxconv.registry import register_model
 
 __all__ = ["WideBasicBlock", "WideResNet", "wide_resnet_cifar"]
@@ -83,8 +84,8 @@ class WideResNet(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
-        _positive_ints("widen_factor", (self.widen_factor,))
-        _positive_ints("num_classes", (self.num_classes,))
+        positive_ints("widen_factor", (self.widen_factor,))
+        positive_ints("num_classes", (self.num_classes,))
         d = self.depth
         if isinstance(d, bool) or not isinstance(d, int) or d < 10 or (d - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 for a positive int n (10, 16, 22, 28, 40, "
