@@ -32,14 +32,17 @@ class ModelInfo:
     family: str
     #: Citation: 'Authors Year, Title, arXiv:XXXX.XXXXX'.
     paper: str
-    #: Default input size (H, W, C) the model was designed for.
-    input_size: tuple[int, int, int]
+    #: Default input shape of one example, batch excluded: (H, W, C) for an image model, (L, C)
+    #: for a sequence model, (L,) for a model over token ids, (D, H, W, C) for volumes.
+    input_size: tuple[int, ...]
     #: Default number of classes (the ``num_classes`` field of the built module).
     num_classes: int
     #: Python module that defines the builder.
     module: str = ""
     #: First line of the builder's docstring.
     description: str = ""
+    #: dtype of the input: "float32" (images, signals) or "int32" (token ids).
+    input_dtype: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +54,22 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(*, family: str, paper: str, input_size: tuple[int, int, int], num_classes: int):
-    """Decorator registering ``fn`` (a ``**overrides -> nn.Module`` builder) under ``fn.__name__``."""
-    if not (isinstance(input_size, tuple) and len(input_size) == 3
-            and all(isinstance(d, int) and d > 0 for d in input_size)):
-        raise ValueError(f"input_size must be a tuple (H, W, C) of positive ints, got {input_size!r}")
+INPUT_DTYPES = ("float32", "int32")
+
+
+def register_model(*, family: str, paper: str, input_size: tuple[int, ...], num_classes: int,
+                   input_dtype: str = "float32"):
+    """Decorator registering ``fn`` (a ``**overrides -> nn.Module`` builder) under ``fn.__name__``.
+
+    ``input_size`` is one example's shape: (H, W, C) images, (L, C) sequences, (L,) token ids
+    (with ``input_dtype="int32"``), (D, H, W, C) volumes.
+    """
+    if not (isinstance(input_size, tuple) and 1 <= len(input_size) <= 4
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_size)):
+        raise ValueError("input_size must be a tuple of 1-4 positive ints ((H, W, C) images, "
+                         f"(L, C) sequences, (L,) tokens, (D, H, W, C) volumes), got {input_size!r}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype={input_dtype!r} is not valid; choose one of {list(INPUT_DTYPES)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
@@ -80,6 +94,7 @@ def register_model(*, family: str, paper: str, input_size: tuple[int, int, int],
             num_classes=num_classes,
             module=fn.__module__,
             description=doc[0] if doc else "",
+            input_dtype=input_dtype,
         )
         _REGISTRY[name] = _Entry(info, fn)
         return fn

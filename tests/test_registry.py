@@ -120,8 +120,12 @@ def test_register_rejects_duplicates_and_bad_metadata():
     decorator = registry.register_model(family="x", paper="p", input_size=(1, 1, 1), num_classes=1)
     with pytest.raises(ValueError, match="already registered"):
         decorator(resnet20)
-    with pytest.raises(ValueError, match="input_size"):
-        registry.register_model(family="x", paper="p", input_size=(32, 32), num_classes=1)
+    for bad_size in ((32, 0), (), (1, 2, 3, 4, 5), [32, 32, 3], (32.0, 3)):
+        with pytest.raises(ValueError, match="input_size"):
+            registry.register_model(family="x", paper="p", input_size=bad_size, num_classes=1)
+    with pytest.raises(ValueError, match="input_dtype"):
+        registry.register_model(family="x", paper="p", input_size=(16,), num_classes=1,
+                                input_dtype="int8")
     with pytest.raises(ValueError, match="num_classes"):
         registry.register_model(family="x", paper="p", input_size=(1, 1, 1), num_classes=0)
 
