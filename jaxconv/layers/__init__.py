@@ -13,6 +13,7 @@ from jaxconv.layers.conv import (
 from jaxconv.layers.dcls import DclsDepthwiseConv2D
 from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.dtypes import COMPUTE_DTYPES, canonical_dtype
+from jaxconv.layers.dynamic_conv import DynamicConv, LightweightConv
 from jaxconv.layers.eca import ECA, eca_kernel_size
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D
 from jaxconv.layers.norm import BN_EPSILON, BN_MOMENTUM, batch_norm
@@ -27,7 +28,9 @@ __all__ = [
     "DclsDepthwiseConv2D",
     "DepthwiseConv2D",
     "DropPath",
+    "DynamicConv",
     "ECA",
+    "LightweightConv",
     "MultiHeadAttention",
     "NeighborhoodAttention2D",
     "RelativePositionBias",
