@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "AugmentConfig", "pad_and_crop", "hflip", "cutout", "normalize", "random_resized_crop",
-    "resize_center_crop", "make_transform", "Transform",
+    "resize_center_crop", "make_transform", "Transform", "SequenceTransform",
 ]
 
 NUM_UNIFORMS = 5  # fixed per-element draws, see module docstring
@@ -280,6 +280,46 @@ class Transform:
     return x
 
 
-def make_transform(info, augment: AugmentConfig | None, train: bool) -> Transform:
-  """The `Transform` of a dataset (`info`) for training (with `augment`) or evaluation."""
+class SequenceTransform:
+  """The preprocessing of a sequence dataset: no augmentation (the image augmentations do not
+  apply to sequences); float sequences [L, C] are normalized per channel, token ids [L] pass
+  through as int32. Same two-stage interface as `Transform`."""
+
+  needs_rng = False
+
+  def __init__(self, info, augment: AugmentConfig | None, train: bool):
+    if augment is not None and not isinstance(augment, AugmentConfig):
+      raise TypeError(f"augment must be a data.AugmentConfig, got {type(augment).__name__}")
+    if train and augment is not None and augment.enabled:
+      raise ValueError(
+          f"{info.name} is a sequence dataset: the image augmentations do not apply; set "
+          f"crop_padding=0, flip=False, cutout=0 (got {augment})")
+    self.train = train
+    self.shape = tuple(info.image_shape)
+    self.name = info.name
+    self.tokens = info.vocab_size > 0
+    if not self.tokens:
+      self.mean = np.asarray(info.mean, np.float32)
+      self.std = np.asarray(info.std, np.float32)
+
+  def prepare(self, x, rng=None):
+    x = np.asarray(x)
+    if x.shape != self.shape:
+      raise ValueError(f"{self.name}: expected sequences of shape {self.shape}, got {x.shape}")
+    return x, None
+
+  def __call__(self, x, rng=None) -> np.ndarray:
+    return self.apply(self.prepare(x)[0][None], None)[0]
+
+  def apply(self, raw: np.ndarray, u=None) -> np.ndarray:
+    if self.tokens:
+      return raw.astype(np.int32)
+    return normalize(raw, self.mean, self.std)
+
+
+def make_transform(info, augment: AugmentConfig | None, train: bool):
+  """The `Transform` of a dataset (`info`) for training (with `augment`) or evaluation; a
+  `SequenceTransform` for sequence datasets."""
+  if info.is_sequence:
+    return SequenceTransform(info, augment, train)
   return Transform(info, augment, train)

@@ -194,6 +194,9 @@ def train_iterator(src, *, global_batch_size: int, seed: int, start_step: int = 
 
   Yields:
     {"image": float32 [B/P, H, W, C] normalized with info.mean/std, "label": int32 [B/P]}.
+    Sequence datasets: "image" float32 [B/P, L, C] (normalized) or int32 token ids [B/P, L];
+    "label" int32 [B/P], int32 [B/P, L] (per-position, -1 = unlabelled) or float32 [B/P, K]
+    (regression), following `info.task`.
   """
   info = _source_info(src)
   local_batch, offset = _local_batch(global_batch_size, process_index, process_count)
@@ -207,6 +210,7 @@ def train_iterator(src, *, global_batch_size: int, seed: int, start_step: int = 
     raise ValueError(f"start_step={start_step} is too large")
   transform = make_transform(info, augment, train=True)
   needs_rng = transform.needs_rng
+  label_dtype = np.dtype(info.label_dtype)
 
   def load_rows(rows: range) -> dict[str, np.ndarray]:
     positions = [(k // local_batch) * global_batch_size + offset + k % local_batch for k in rows]
@@ -220,7 +224,7 @@ def train_iterator(src, *, global_batch_size: int, seed: int, start_step: int = 
       labels.append(example["label"])
     return {
         "image": transform.apply(np.stack(raws), np.stack(uniforms) if needs_rng else None),
-        "label": np.asarray(labels, np.int32),
+        "label": np.asarray(labels, label_dtype),
     }
 
   dataset = _pipeline(load_rows, start_step * local_batch, max_steps * local_batch, local_batch,
@@ -253,14 +257,18 @@ def eval_iterator(src, *, global_batch_size: int, process_index: int = 0,
 
   Yields:
     {"image": float32 [B/P, H, W, C], "label": int32 [B/P], "mask": bool [B/P]}; padded rows
-    have mask False (image zeros, label 0).
+    have mask False (image zeros, label 0; per-position labels -1). Sequence datasets: the
+    image and label shapes and dtypes of `train_iterator`.
   """
   info = _source_info(src)
   local_batch, offset = _local_batch(global_batch_size, process_index, process_count)
   n = len(src)
   num_batches = -(-n // global_batch_size)
   transform = make_transform(info, None, train=False)
-  stored_dtype = np.uint8 if info.image_dtype == "uint8" else np.float32
+  stored_dtype = np.dtype(info.image_dtype)
+  label_dtype = np.dtype(info.label_dtype)
+  # Padding rows' label: 0, or -1 everywhere for per-position labels (so they count nowhere).
+  pad_label = np.full(info.label_shape, -1 if info.task == "per_position" else 0, label_dtype)
 
   def load_rows(rows: range) -> dict[str, np.ndarray]:
     positions = [(k // local_batch) * global_batch_size + offset + k % local_batch for k in rows]
@@ -274,14 +282,14 @@ def eval_iterator(src, *, global_batch_size: int, process_index: int = 0,
         labels.append(example["label"])
       else:
         raws.append(None)
-        labels.append(0)
+        labels.append(pad_label)
     if not mask.all():  # padding rows: zero images (set again to 0 after normalizing)
       filler = np.zeros(transform.shape, raws[int(mask.argmax())].dtype if mask.any()
                         else stored_dtype)
       raws = [filler if r is None else r for r in raws]
     image = transform.apply(np.stack(raws), None)
     image[~mask] = 0
-    return {"image": image, "label": np.asarray(labels, np.int32), "mask": mask}
+    return {"image": image, "label": np.asarray(labels, label_dtype), "mask": mask}
 
   dataset = _pipeline(load_rows, 0, num_batches * local_batch, local_batch, num_threads,
                       prefetch_batches, rows_per_task)

@@ -23,6 +23,9 @@ how to prepare it.
 
 Splits may be sliced: "train[:45000]", "train[90%:]", "test[-500:]" (percentages are floored:
 index = n * pct // 100). Slicing is done by jaxconv, identically for every source.
+
+Sequence datasets (sequential digits, UCR/UEA, associative recall, ListOps, adding, copy memory)
+come from `sequences.py` and `ucr.py`, offline too.
 """
 
 from __future__ import annotations
@@ -401,7 +404,10 @@ def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   if info is None:
     raise unknown_dataset_error(name)
   base, start, stop = _parse_split(split, info)
-  if name in OFFLINE_DATASETS:
+  if info.is_sequence:
+    from jaxconv.data.sequences import sequence_source  # pylint: disable=g-import-not-at-top
+    src = sequence_source(name, base)
+  elif name in OFFLINE_DATASETS:
     src = _offline_source(name, base)
   else:
     src = _tfds_source(name, base, data_dir)

@@ -30,7 +30,7 @@ def _prepare_fake_tfds_dir(root, name, version, splits, fmt="array_record"):
 
 
 def test_list_datasets_and_static_info():
-  assert data.list_datasets() == ALL
+  assert [n for n in data.list_datasets() if not data.dataset_info(n).is_sequence] == ALL
   for name in ALL:
     info = data.dataset_info(name)
     assert info.name == name
