@@ -7,7 +7,7 @@ tuning table of block sizes per device kind. ``kernels_pallas.core`` holds what 
 (implementation choice, interpret mode on CPU, tuning look-up, the ``shard_map`` wrapper). See
 DESIGN.md.
 
-Ops: :func:`depthwise_conv2d`, :func:`flash_attention`, :func:`neighborhood_attention`.
+Ops: :func:`depthwise_conv2d`, :func:`fft_conv`, :func:`flash_attention`, :func:`neighborhood_attention`.
 Benchmarks: ``python -m kernels_pallas.bench <op>``.
 
 The package exports each op's function under the op's name, which shadows the subpackage as
@@ -16,8 +16,9 @@ an attribute: import an op's modules with ``from kernels_pallas.<op> import tuni
 
 from kernels_pallas.core import IMPLEMENTATIONS, compile_for, interpret_as
 from kernels_pallas.depthwise_conv2d import depthwise_conv2d
+from kernels_pallas.fft_conv import fft_conv
 from kernels_pallas.flash_attention import flash_attention
 from kernels_pallas.neighborhood_attention import neighborhood_attention
 
-__all__ = ["IMPLEMENTATIONS", "compile_for", "depthwise_conv2d", "flash_attention",
+__all__ = ["IMPLEMENTATIONS", "compile_for", "depthwise_conv2d", "fft_conv", "flash_attention",
            "interpret_as", "neighborhood_attention"]
