@@ -7,7 +7,8 @@ tuning table of block sizes per device kind. ``kernels_pallas.core`` holds what 
 (implementation choice, interpret mode on CPU, tuning look-up, the ``shard_map`` wrapper). See
 DESIGN.md.
 
-Ops: :func:`depthwise_conv2d`, :func:`fft_conv`, :func:`flash_attention`, :func:`neighborhood_attention`.
+Ops: :func:`depthwise_conv2d`, :func:`fft_conv`, :func:`flash_attention`,
+:func:`neighborhood_attention`.
 Benchmarks: ``python -m kernels_pallas.bench <op>``.
 
 The package exports each op's function under the op's name, which shadows the subpackage as
