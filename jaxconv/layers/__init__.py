@@ -2,6 +2,8 @@
 
 from jaxconv.layers import reparam
 from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias
+from jaxconv.layers.binary import BinaryConv2D
+from jaxconv.layers.condconv import CondConv2D
 from jaxconv.layers.conv import (
     conv2d,
     dense,
@@ -15,6 +17,8 @@ from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.dtypes import COMPUTE_DTYPES, canonical_dtype
 from jaxconv.layers.dynamic_conv import DynamicConv, LightweightConv
 from jaxconv.layers.eca import ECA, eca_kernel_size
+from jaxconv.layers.hyena import HyenaFilter, HyenaOperator
+from jaxconv.layers.long_conv import LongConv, SGConv
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D
 from jaxconv.layers.norm import BN_EPSILON, BN_MOMENTUM, batch_norm
 from jaxconv.layers.regularization import DropPath, drop_path_rates
@@ -23,17 +27,23 @@ from jaxconv.layers.reparam import ConvBN, reparameterize
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
+    "BinaryConv2D",
     "COMPUTE_DTYPES",
+    "CondConv2D",
     "ConvBN",
     "DclsDepthwiseConv2D",
     "DepthwiseConv2D",
     "DropPath",
     "DynamicConv",
     "ECA",
+    "HyenaFilter",
+    "HyenaOperator",
     "LightweightConv",
+    "LongConv",
     "MultiHeadAttention",
     "NeighborhoodAttention2D",
     "RelativePositionBias",
+    "SGConv",
     "batch_norm",
     "canonical_dtype",
     "conv2d",
