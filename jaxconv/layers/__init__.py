@@ -2,8 +2,6 @@
 
 from jaxconv.layers import reparam
 from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias
-from jaxconv.layers.binary import BinaryConv2D
-from jaxconv.layers.condconv import CondConv2D
 from jaxconv.layers.conv import (
     conv2d,
     dense,
@@ -27,9 +25,7 @@ from jaxconv.layers.reparam import ConvBN, reparameterize
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
-    "BinaryConv2D",
     "COMPUTE_DTYPES",
-    "CondConv2D",
     "ConvBN",
     "DclsDepthwiseConv2D",
     "DepthwiseConv2D",
