@@ -2,6 +2,8 @@
 
 from jaxconv.layers import reparam
 from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias
+from jaxconv.layers.binary import BinaryConv2D
+from jaxconv.layers.condconv import CondConv2D
 from jaxconv.layers.conv import (
     conv2d,
     dense,
@@ -21,14 +23,19 @@ from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D
 from jaxconv.layers.norm import BN_EPSILON, BN_MOMENTUM, batch_norm
 from jaxconv.layers.regularization import DropPath, drop_path_rates
 from jaxconv.layers.reparam import ConvBN, reparameterize
+from jaxconv.layers.tcn import ByteNetBlock, DilatedConv1D, TCNBlock
 
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
+    "BinaryConv2D",
+    "ByteNetBlock",
     "COMPUTE_DTYPES",
+    "CondConv2D",
     "ConvBN",
     "DclsDepthwiseConv2D",
     "DepthwiseConv2D",
+    "DilatedConv1D",
     "DropPath",
     "DynamicConv",
     "ECA",
@@ -39,6 +46,7 @@ __all__ = [
     "MultiHeadAttention",
     "NeighborhoodAttention2D",
     "RelativePositionBias",
+    "TCNBlock",
     "SGConv",
     "batch_norm",
     "canonical_dtype",
