@@ -5,6 +5,7 @@ Add a family by importing its module here.
 
 from jaxconv.models import (
     allcnn,
+    bytenet,
     coatnet,
     convnext,
     convnext_dcls,
@@ -18,6 +19,8 @@ from jaxconv.models import (
     replknet,
     residual_stack,
     resnet,
+    tcn,
+    ucr,
     unireplknet,
     vgg,
     wrn,
@@ -26,4 +29,5 @@ from jaxconv.models.resnet import ResNet
 
 __all__ = ["ResNet", "allcnn", "coatnet", "convnext", "convnext_dcls", "cvt", "densenet",
            "inception", "inception_next", "mobilenet", "nat", "nin", "replknet",
-           "residual_stack", "resnet", "unireplknet", "vgg", "wrn"]
+           "residual_stack", "resnet", "unireplknet", "vgg", "wrn",
+           "bytenet", "tcn", "ucr"]
