@@ -57,7 +57,10 @@ def validate_config(config) -> None:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("dtype", config.dtype, DTYPES)
-    _choice("dataset", config.dataset, data.list_datasets())
+    try:
+        info = data.dataset_info(config.dataset)
+    except ValueError as e:
+        raise ValueError(f"config.dataset: {e}") from None
     jaxconv.create_model(config.model, **config.model_overrides)  # unknown name/field -> ValueError
     if config.batch_size <= 0 or config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of "
@@ -65,8 +68,14 @@ def validate_config(config) -> None:
     if (config.num_train_steps or 0) <= 0 and (config.num_epochs or 0) <= 0:
         raise ValueError("set config.num_train_steps or config.num_epochs to a positive number "
                          f"(got {config.num_train_steps}, {config.num_epochs})")
+    if info.is_sequence and data.AugmentConfig(**config.augment).enabled:
+        raise ValueError(f"config.augment={dict(config.augment)}: the image augmentations do not "
+                         f"apply to the sequence dataset {config.dataset}; leave them off")
+    if config.image_size is not None and info.is_sequence:
+        raise ValueError(f"config.image_size={config.image_size!r}: resizing applies to images; "
+                         f"{config.dataset} is a sequence dataset (leave it None)")
     if config.image_size is not None:
-        h, w, _ = data.dataset_info(config.dataset).image_shape
+        h, w, _ = info.image_shape
         if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) \
                 or config.image_size <= 0 or h == 1 or w == 1:
             raise ValueError(f"config.image_size={config.image_size!r}: must be None (native size) "
@@ -86,10 +95,24 @@ def build_model(config, info):
     return jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
 
 
-def model_input_shape(config, info) -> tuple[int, int, int]:
-    """(H, W, C) the model sees: the dataset's image shape, or ``config.image_size`` square."""
+def model_input_shape(config, info) -> tuple[int, ...]:
+    """(H, W, C) the model sees: the dataset's image shape, or ``config.image_size`` square;
+    (L, C) or (L,) for sequence datasets."""
+    if info.is_sequence:
+        return tuple(info.image_shape)
     h, w, c = info.image_shape
     return (h, w, c) if config.image_size is None else (config.image_size, config.image_size, c)
+
+
+class _TokenInit:
+    """``create_train_state`` initializes with float32 zeros; a token model needs int32 ids
+    (same parameters). Drop this once ``create_train_state`` takes an input dtype."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def init(self, rng, x, **kwargs):
+        return self.model.init(rng, x.astype(jnp.int32), **kwargs)
 
 
 def _first_non_finite(host_metrics: list[dict], last_step: int) -> int | None:
@@ -113,8 +136,10 @@ def evaluate(eval_step, state, source, config, mesh) -> dict:
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = mesh_lib.to_host(totals)
     count = max(float(totals["count"]), 1.0)
-    return {"eval_loss": float(totals["loss_sum"]) / count,
-            "eval_top1": float(totals["correct"]) / count, "eval_count": int(totals["count"])}
+    row = {"eval_loss": float(totals["loss_sum"]) / count, "eval_count": int(totals["count"])}
+    if "correct" in totals:  # regression has no accuracy (eval_loss is the MSE)
+        row["eval_top1"] = float(totals["correct"]) / count
+    return row
 
 
 def _in_mesh(mesh, fn):
@@ -150,7 +175,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mesh = mesh_lib.make_data_mesh()
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     tx, schedule = make_optimizer(config, total_steps)
-    state = create_train_state(model, tx, (1, *model_input_shape(config, info)), config.seed)
+    state = create_train_state(_TokenInit(model) if info.image_dtype == "int32" else model, tx,
+                               (1, *model_input_shape(config, info)), config.seed)
     state = jax.device_put(state, repl)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -166,11 +192,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     donate = () if jax.default_backend() == "cpu" else (0,)
     train_step = jax.jit(make_train_step(model, tx, schedule, num_classes=info.num_classes,
                                          label_smoothing=config.label_smoothing,
-                                         image_size=config.image_size),
+                                         image_size=config.image_size, task=info.task),
                          in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
                          donate_argnums=donate)
     eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
-                                       image_size=config.image_size),
+                                       image_size=config.image_size, task=info.task),
                         in_shardings=(repl, batch_sh), out_shardings=repl)
     # Trace and run with the mesh as context mesh: ops that run per batch shard (Pallas kernels
     # under shard_map, kernels_pallas.core.shard_batch) look it up when jit traces them.
@@ -215,8 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     row.update(evaluate(eval_step, state, eval_src, config, mesh))
                 writer.write(row)
                 summary = row
-                bar.set_postfix(loss=f"{row['loss']:.3f}", top1=f"{row['top1']:.3f}",
-                                **({"eval_top1": f"{row['eval_top1']:.3f}"} if eval_due else {}))
+                bar.set_postfix(loss=f"{row['loss']:.3f}",
+                                **{k: f"{row[k]:.3f}" for k in ("top1", "eval_top1") if k in row})
                 if ckpt_due:
                     checkpointer.save(state)
                 interval_start, interval_steps = time.perf_counter(), 0
@@ -230,7 +256,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     finally:
         bar.close()
         checkpointer.close()
-    if "eval_top1" not in summary:  # nothing left to train (a finished run re-run): report anyway
+    if "eval_loss" not in summary:  # nothing left to train (a finished run re-run): report anyway
         summary.update(evaluate(eval_step, state, eval_src, config, mesh))
     summary = dict(summary, model=config.model, dataset=config.dataset,
                    num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
