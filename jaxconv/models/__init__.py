@@ -19,6 +19,7 @@ from jaxconv.models import (
     replknet,
     residual_stack,
     resnet,
+    seq_attention,
     tcn,
     ucr,
     unireplknet,
@@ -30,4 +31,4 @@ from jaxconv.models.resnet import ResNet
 __all__ = ["ResNet", "allcnn", "coatnet", "convnext", "convnext_dcls", "cvt", "densenet",
            "inception", "inception_next", "mobilenet", "nat", "nin", "replknet",
            "residual_stack", "resnet", "unireplknet", "vgg", "wrn",
-           "bytenet", "tcn", "ucr"]
+           "bytenet", "tcn", "ucr", "seq_attention"]
