@@ -45,4 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0                            # 0: evaluate at the end only
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
+    c.overwrite = False                               # True: move an existing run in the
+                                                      # workdir to WORKDIR/replaced/TIME, restart
+    c.repeat_data_in_batch = False                    # True: allow batch_size > train split
     return c

@@ -21,12 +21,14 @@ import tqdm
 import jaxconv
 from jaxconv import data
 from jaxconv.train import mesh as mesh_lib
-from jaxconv.train.checkpoint import Checkpointer
+from jaxconv.train.checkpoint import Checkpointer, non_finite_parts
 from jaxconv.train.config import default_config
 from jaxconv.train.metrics import MetricsWriter
 from jaxconv.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_eval_step, make_train_step
+from jaxconv.train.validation import check_batch_fits_data, check_memory, check_ranges
+from jaxconv.train.workdir import prepare_workdir
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def validate_config(config) -> None:
     fields (by the registry).
     """
     _check_keys(config, default_config())
+    check_ranges(config)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("dtype", config.dtype, DTYPES)
@@ -87,6 +90,8 @@ def validate_config(config) -> None:
     for field in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps"):
         if config[field] < 0:
             raise ValueError(f"config.{field}={config[field]} must be >= 0 (0 disables)")
+    check_batch_fits_data(config, info)
+    check_memory(config, info, model_input_shape(config, info))  # last: it traces the model
 
 
 def build_model(config, info):
@@ -121,6 +126,28 @@ def _first_non_finite(host_metrics: list[dict], last_step: int) -> int | None:
     first = last_step - len(host_metrics) + 1
     return next((first + i for i, m in enumerate(host_metrics) if not np.isfinite(m["loss"])),
                 None)
+
+
+def _diverged(what: str, step: int, config, checkpointer) -> FloatingPointError:
+    """The divergence error: the step, the last checkpoint that really exists, the fix."""
+    steps = checkpointer.finished_steps()
+    where = (f"the last good checkpoint is step {steps[-1]} in {checkpointer.directory} (every "
+             "saved step is checked finite); re-running resumes there" if steps else
+             "no checkpoint exists yet (nothing was saved)")
+    return FloatingPointError(
+        f"non-finite {what} at step {step} ({config.model} on {config.dataset}): {where}. To "
+        f"avoid it, lower config.learning_rate (now {config.learning_rate}), warm up longer "
+        f"(config.warmup_steps, now {config.warmup_steps}) or clip gradients "
+        f"(config.grad_clip_norm, now {config.grad_clip_norm}; e.g. 1.0)")
+
+
+def _save_finite(checkpointer, state, config) -> None:
+    """Saves ``state`` unless a parameter, optimizer or batch statistic is not finite."""
+    bad = non_finite_parts(state)
+    if bad:
+        raise _diverged(" and ".join(bad), int(mesh_lib.to_host(state.step)), config,
+                        checkpointer)
+    checkpointer.save(state)
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -166,11 +193,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     steps_per_epoch = data.steps_per_epoch(len(train_src), config.batch_size)  # may be fractional
     total_steps = int(config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch))
 
+    check_batch_fits_data(config, info, len(train_src))
+
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    prepare_workdir(config, workdir, is_main=is_main)  # another config's run: stop here
 
     mesh = mesh_lib.make_data_mesh()
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
@@ -227,10 +253,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 host = mesh_lib.to_host(pending)
                 first_bad = _first_non_finite(host, step)
                 if first_bad is not None:
-                    raise FloatingPointError(
-                        f"non-finite training loss at step {first_bad} ({config.model} on "
-                        f"{config.dataset}); the last good checkpoint in "
-                        f"{checkpointer.directory} (step {checkpointer.latest_step()}) is intact")
+                    raise _diverged("training loss", first_bad, config, checkpointer)
                 elapsed = time.perf_counter() - interval_start
                 row = {"step": step, "epoch": step / steps_per_epoch,
                        **{k: float(np.mean([m[k] for m in host])) for k in host[0]},
@@ -244,12 +267,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 **{k: f"{row[k]:.3f}" for k in ("top1", "eval_top1") if k in row})
                 if ckpt_due:
-                    checkpointer.save(state)
+                    _save_finite(checkpointer, state, config)
                 interval_start, interval_steps = time.perf_counter(), 0
     except KeyboardInterrupt:
         # Ctrl-C: keep the progress since the last checkpoint, unless it has diverged.
+        # The metrics of the interrupted interval are logged too (resuming keeps rows up to the
+        # saved step), so the last partial interval is not lost.
         last = int(mesh_lib.to_host(state.step))
-        if _first_non_finite(mesh_lib.to_host(pending), last) is None:
+        host = mesh_lib.to_host(pending)
+        if _first_non_finite(host, last) is None and not non_finite_parts(state):
+            if host and last > summary["step"]:
+                writer.write({"step": last, "epoch": last / steps_per_epoch,
+                              **{k: float(np.mean([m[k] for m in host])) for k in host[0]},
+                              "images_per_sec": interval_steps * config.batch_size
+                              / (time.perf_counter() - interval_start),
+                              "wall_time": time.perf_counter() - run_start, "interrupted": True})
             checkpointer.save(state, wait=True)
             log.warning("interrupted: saved step %d; re-run the command to resume", last)
         raise
