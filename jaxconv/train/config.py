@@ -40,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.grad_clip_norm = config_dict.placeholder(float)
 
+    # Quantization-aware training (jaxconv.quantize.qat): scheme "" trains in float, a name
+    # in jaxconv.quantize.SCHEMES (e.g. "int4_per_channel") with fake quantization.
+    c.quantization = ml_collections.ConfigDict(dict(scheme=""))
     c.seed = 0
     c.log_every_steps = 50
     c.eval_every_steps = 0                            # 0: evaluate at the end only

@@ -20,6 +20,7 @@ import tqdm
 
 import jaxconv
 from jaxconv import data
+from jaxconv.quantize.qat import qat_config_from, qat_model
 from jaxconv.train import mesh as mesh_lib
 from jaxconv.train.checkpoint import Checkpointer, non_finite_parts
 from jaxconv.train.config import default_config
@@ -97,7 +98,9 @@ def validate_config(config) -> None:
 def build_model(config, info):
     overrides = dict(config.model_overrides)
     overrides.setdefault("num_classes", info.num_classes)
-    return jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
+    model = jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
+    qat = qat_config_from(config.get("quantization"))  # QAT: same params, fake-quantized ops
+    return model if qat is None else qat_model(model, qat)
 
 
 def model_input_shape(config, info) -> tuple[int, ...]:
