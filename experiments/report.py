@@ -9,6 +9,9 @@ Prints a summary table of ``DIR/results.jsonl`` and writes PNG plots to ``DIR/pl
   deep vs shallow layout: ``compare_FIELD.png``) and ``group`` (a field whose values are scaling
   strategies: ``scaling.png``; ``shared`` names the value of the unscaled base run that starts
   every line). ``metric`` and ``average`` (fields averaged over, default seed) are optional.
+  ``versus`` (a numeric swept field, e.g. ``label.length``) with ``lines`` (e.g. ``model``):
+  the metric, throughput, FLOPs and parameters against it, one line per value
+  (``versus_FIELD.png``; the long-range sweep).
 """
 from __future__ import annotations
 
@@ -49,10 +52,14 @@ def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) ->
     ok = [r for r in rows if r.get("status") == "ok"]
     failed = [r for r in rows if r.get("status") != "ok"]
     wall = sum(r.get("wall_time_s", 0.0) for r in rows)
+    # The same accounting as `experiments.sweep --dry-run`: grid runs without a row are not done.
+    have = {r["run"] for r in rows}
+    not_run = [r["run"] for r in spec.get("runs", []) if r["run"] not in have]
     if not quiet:
         print(f"sweep {spec.get('sweep', os.path.basename(os.path.abspath(sweep_dir)))}: "
-              f"{len(ok)} ok, {len(failed)} failed, {wall / 60:.1f} min of training "
-              f"({rows[0].get('device', '?')})")
+              f"{len(ok)} ok, {len(failed)} failed"
+              + (f", {len(not_run)} of {len(spec['runs'])} not run yet" if not_run else "")
+              + f", {wall / 60:.1f} min of training ({rows[0].get('device', '?')})")
         print(plots.format_table(rows, fields, metric))
         for r in failed:
             print(f"failed {r['run']}: {r.get('error', '?')}")
@@ -74,6 +81,11 @@ def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) ->
         written["compare"] = plots.plot_comparison(
             rows, os.path.join(out, f"compare_{compare.rsplit('.', 1)[-1]}.png"), compare=compare,
             fields=fields, metric=metric, average=settings.get("average", ("seed",)))
+    if settings.get("versus"):
+        versus = settings["versus"]
+        written["versus"] = plots.plot_versus(
+            rows, os.path.join(out, f"versus_{versus.rsplit('.', 1)[-1]}.png"), x=versus,
+            lines=settings.get("lines", "model"), metric=metric)
     if group:
         written["scaling"] = plots.plot_scaling(rows, os.path.join(out, "scaling.png"),
                                                 group=group, shared=settings.get("shared"),
@@ -89,10 +101,13 @@ def main(argv=None) -> dict[str, str]:
     parser.add_argument("sweep_dir", help="the --workdir of experiments.sweep")
     parser.add_argument("--metric", default=None,
                         help="row key to rank and plot (default: the sweep's, or best_eval_top1)")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args(argv)
     try:
         return report(args.sweep_dir, metric=args.metric)
     except (FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
         sys.exit(f"error: {e}")
 
 

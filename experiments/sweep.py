@@ -5,7 +5,11 @@ Each run of the sweep's grid trains with the ordinary training loop in ``DIR/run
 row to ``DIR/results.jsonl`` (swept values, final and best metrics, params, FLOPs, activations,
 images/s, wall time, status); ``DIR/sweep.json`` records the grid. Re-running the command skips
 finished runs, resumes an interrupted one from its checkpoints and retries failed ones. A failing
-run is recorded with its error and the sweep goes on. ``--dry-run`` lists the runs and exits.
+run is recorded with its error and the sweep goes on. ``--dry-run`` lists the runs and what is on
+disk for each (done, failed, partial with its checkpoint step, todo) and exits.
+``--config.FIELD=value`` sets a base-config field of every run (the syntax of experiments.train;
+a field the grid sweeps is refused). One sweep at a time per directory: a second one exits naming
+the holder (host, pid, start time). Errors are one line; ``--verbose`` shows tracebacks.
 Then ``python -m experiments.report DIR`` prints the table and draws the plots (``--report`` does
 that at the end of the sweep).
 
@@ -24,16 +28,21 @@ import sys
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from experiments import distributed_flags
 
-_CONFIG = flags.DEFINE_string("config", None, "Sweep file, PATH.py[:ARG].")
+# The sweep file's get_config(ARG) is the base config, so --config.FIELD=value overrides a field
+# of every run as in experiments.train (checked against the schema before anything runs).
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep file, PATH.py[:ARG].",
+                                          lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (results.jsonl, runs/).")
 _DRY_RUN = flags.DEFINE_bool("dry-run", False, "List the runs and their status, then exit.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs trained at the same time, each in its "
                                  "own process (GPUs are shared out between them).")
 _ONLY = flags.DEFINE_multi_string("only", None, "Train only this run (by name; repeatable).")
 _REPORT = flags.DEFINE_bool("report", False, "Print the table and write the plots at the end.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of errors (default: one line).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -56,20 +65,35 @@ def _worker_envs(parallel: int) -> list[dict]:
     per = len(gpus) // parallel if gpus else 0
     envs = []
     for slot in range(parallel):
-        env = dict(os.environ)
+        env = dict(os.environ, **{_LOCK_ENV: str(os.getpid())})
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[slot * per:(slot + 1) * per])
         envs.append(env)
     return envs
 
 
+def _spec_arg() -> str:
+    return flags.FLAGS["config"].config_filename  # PATH.py[:ARG]
+
+
+def _override_args() -> list[str]:
+    """The --config.FIELD=value arguments as given (forwarded to the workers)."""
+    return [a for a in sys.argv[1:] if a.startswith(("--config.", "-config."))]
+
+
 def run_parallel(spec, sweep_dir: str, parallel: int) -> None:
     """Trains the unfinished runs ``parallel`` at a time, each in a worker process that runs this
-    command with ``--only RUN`` (and writes its own row)."""
+    command with ``--only RUN`` (and writes its own row); this process holds the directory's
+    lock for them."""
     from jaxconv.train import sweep
     runs = sweep.expand_runs(spec.base, spec.grid)
-    os.makedirs(sweep_dir, exist_ok=True)
-    sweep.write_spec(sweep_dir, spec, runs)
+    with sweep.SweepLock(sweep_dir):
+        sweep.write_spec(sweep_dir, spec, runs)
+        _run_workers(spec, runs, sweep_dir, parallel)
+
+
+def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
+    from jaxconv.train import sweep
     finished, todo = sweep.pending_runs(runs, sweep_dir)
     progress = sweep.Progress(spec.name, len(runs), len(finished))
     if finished:
@@ -84,8 +108,8 @@ def run_parallel(spec, sweep_dir: str, parallel: int) -> None:
                 log_path = os.path.join(sweep_dir, sweep.RUNS_DIR, run.name + ".log")
                 os.makedirs(os.path.dirname(log_path), exist_ok=True)
                 log_file = open(log_path, "a")  # pylint: disable=consider-using-with
-                cmd = [sys.executable, "-m", "experiments.sweep", f"--config={_CONFIG.value}",
-                       f"--workdir={sweep_dir}", f"--only={run.name}"]
+                cmd = [sys.executable, "-m", "experiments.sweep", f"--config={_spec_arg()}",
+                       f"--workdir={sweep_dir}", f"--only={run.name}", *_override_args()]
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
                 active[proc] = (run, slot, env, log_file)
                 progress.started(run, index)
@@ -108,7 +132,21 @@ def run_parallel(spec, sweep_dir: str, parallel: int) -> None:
         raise
 
 
+_LOCK_ENV = "JAXCONV_SWEEP_LOCK_HOLDER"  # = jaxconv.train.sweep.LOCK_HOLDER_ENV
+
+
 def main(argv):
+    try:
+        _main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+        from jaxconv.train import sweep
+        if _VERBOSE.value or not isinstance(e, (ValueError, FileNotFoundError,
+                                                 sweep.SweepLockedError)):
+            raise
+        sys.exit(f"error: {e}")
+
+
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -124,14 +162,21 @@ def main(argv):
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from jaxconv.train import sweep  # after flag parsing, so --help is fast
 
-    spec = sweep.load_sweep(_CONFIG.value)
+    spec = sweep.load_sweep(_spec_arg())
+    sweep.apply_overrides(spec, config_flags.get_override_values(flags.FLAGS["config"]))
     if _DRY_RUN.value:
         runs = sweep.expand_runs(spec.base, spec.grid)
-        finished, _ = sweep.pending_runs(runs, _WORKDIR.value)
-        done = {r.name for r in finished}
-        print(f"sweep {spec.name}: {len(runs)} runs ({len(done)} finished) in {_WORKDIR.value}")
+        status = sweep.run_status(runs, _WORKDIR.value)
+        done = sum(s == "done" for s in status.values())
+        print(f"sweep {spec.name}: {len(runs)} runs ({done} finished) in {_WORKDIR.value}")
+        holder = sweep.SweepLock.holder(_WORKDIR.value)
+        if holder:
+            print(f"  in use by a running sweep: host {holder.get('host')}, pid "
+                  f"{holder.get('pid')}, started {holder.get('started')}")
         for i, run in enumerate(runs, 1):
-            print(f"  {i:3d}. [{'done' if run.name in done else 'todo'}] {run.name}")
+            state = status[run.name]
+            print(f"  {i:3d}. [{'done' if state == 'done' else 'todo'}] {run.name}"
+                  + ("" if state in ("done", "todo") else f" ({state})"))
         return
     if _PARALLEL.value > 1:
         run_parallel(spec, _WORKDIR.value, _PARALLEL.value)

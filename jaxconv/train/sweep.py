@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import traceback
 from typing import Any, Iterable, Sequence
@@ -39,19 +40,24 @@ import ml_collections
 import numpy as np
 
 from jaxconv.analysis.plots import value_label
-from jaxconv.train.metrics import read_metrics
+from jaxconv.train.metrics import append_line, read_jsonl, read_metrics
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Progress", "Run", "SweepSpec", "axis", "chain", "expand_runs", "load_sweep", "pending_runs",
-    "product", "read_results", "run_name", "run_sweep", "train_one", "write_spec", "zipped",
+    "Progress", "Run", "SweepLock", "SweepLockedError", "SweepSpec", "apply_overrides", "axis",
+    "chain", "expand_runs", "load_sweep", "pending_runs", "product", "read_results", "run_name",
+    "run_status", "run_sweep", "train_one", "write_spec", "zipped",
 ]
 
 LABEL_PREFIX = "label."
 RESULTS_FILE = "results.jsonl"
 SPEC_FILE = "sweep.json"
 RUNS_DIR = "runs"
+LOCK_FILE = "sweep.lock"
+#: Set by ``experiments.sweep --parallel`` for its workers: the pid of the process that holds
+#: the sweep directory's lock on their behalf.
+LOCK_HOLDER_ENV = "JAXCONV_SWEEP_LOCK_HOLDER"
 _MAX_NAME = 100
 
 Grid = list[dict[str, Any]]
@@ -209,27 +215,30 @@ def load_sweep(spec: str) -> SweepSpec:
 # ------------------------------------------------------------------------------- the results
 
 
-def read_results(path: str) -> list[dict]:
-    """Rows of a ``results.jsonl`` (a sweep directory or the file), the newest row per run."""
+def read_results(path: str, *, warn: bool = True) -> list[dict]:
+    """Rows of a ``results.jsonl`` (a sweep directory or the file), the newest row per run.
+
+    A damaged line (torn by a crash mid-write) is skipped with one warning naming it; its run
+    then counts as not finished and is trained (resumed) again.
+    """
     if os.path.isdir(path):
         path = os.path.join(path, RESULTS_FILE)
     if not os.path.exists(path):
         return []
+    rows, damaged = read_jsonl(path)
+    if damaged and warn:
+        log.warning("%s: skipped %d damaged line(s) (line %s; a crash mid-write?); their runs "
+                    "count as not finished", path, len(damaged), ", ".join(map(str, damaged)))
     latest = {}
-    for row in read_metrics(path):
+    for row in rows:
         latest[row.get("run")] = row
     return list(latest.values())
 
 
 def _append_row(path: str, row: dict) -> None:
-    # A lock keeps lines whole when several runs of one sweep finish at the same time.
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(json.dumps(row, sort_keys=True, default=_json_default) + "\n")
-            f.flush()
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # One locked, newline-terminated write: rows stay whole when several runs of one sweep finish
+    # at once, and a line torn by a crash cannot swallow the next row.
+    append_line(path, json.dumps(row, sort_keys=True, default=_json_default))
 
 
 def _json_default(value):
@@ -309,7 +318,7 @@ def write_spec(sweep_dir: str, spec: SweepSpec, runs: list[Run]) -> None:
               "base_config": json.loads(spec.base.to_json_best_effort()),
               "runs": [{"run": r.name, **r.values} for r in runs],
               "swept_fields": list(dict.fromkeys(k for r in runs for k in r.values))}
-    tmp = os.path.join(sweep_dir, SPEC_FILE + ".tmp")
+    tmp = os.path.join(sweep_dir, f"{SPEC_FILE}.{os.getpid()}.tmp")  # workers write it too
     with open(tmp, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=_json_default)
     os.replace(tmp, os.path.join(sweep_dir, SPEC_FILE))
@@ -349,6 +358,114 @@ class Progress:
                     f"{eta}")
 
 
+class SweepLockedError(RuntimeError):
+    """Another live process holds the sweep directory."""
+
+
+class SweepLock:
+    """An exclusive lock on a sweep directory (``flock`` on ``DIR/sweep.lock``, which records the
+    holder's host, pid and start time). The kernel drops the lock of a process that dies, so a
+    stale lock is taken over, with a warning naming the old holder."""
+
+    def __init__(self, sweep_dir: str):
+        self.path = os.path.join(sweep_dir, LOCK_FILE)
+        self._fd = None
+
+    @staticmethod
+    def holder(sweep_dir: str) -> dict | None:
+        """Who holds the lock now (host, pid, started), or None."""
+        path = os.path.join(sweep_dir, LOCK_FILE)
+        if not os.path.exists(path):
+            return None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_holder(path) or {"pid": "?", "host": "?", "started": "?"}
+        finally:
+            os.close(fd)
+        return None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            h = _read_holder(self.path) or {}
+            raise SweepLockedError(
+                f"sweep directory {os.path.dirname(self.path)} is in use by another sweep (host "
+                f"{h.get('host', '?')}, pid {h.get('pid', '?')}, started {h.get('started', '?')});"
+                " wait for it to finish or use another --workdir") from None
+        stale = _read_holder(self.path)
+        if stale:
+            log.warning("taking over the lock of %s: its holder (host %s, pid %s, started %s) "
+                        "ended without releasing it", self.path, stale.get("host"),
+                        stale.get("pid"), stale.get("started"))
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # a clean exit leaves no holder behind
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return json.loads(text) if text else None
+    except (OSError, ValueError):
+        return {"host": "?", "pid": "?", "started": "?"}
+
+
+def _locked_by_parent(sweep_dir: str) -> bool:
+    """True in a ``--parallel`` worker whose parent holds this directory's lock."""
+    holder = SweepLock.holder(sweep_dir)
+    return bool(holder) and str(holder.get("pid")) == os.environ.get(LOCK_HOLDER_ENV)
+
+
+def apply_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> None:
+    """Sets base-config fields for every run (``--config.FIELD=value``); a field the grid sweeps
+    cannot be overridden (ValueError)."""
+    swept = {k for point in spec.grid for k in point}
+    for field, value in overrides.items():
+        if field in swept:
+            raise ValueError(f"--config.{field} is swept by the grid of {spec.path}; override "
+                             f"only fields the grid does not set (it sets {sorted(swept)})")
+        _apply(spec.base, field, value)
+
+
+def run_status(runs: list[Run], sweep_dir: str) -> dict[str, str]:
+    """What is on disk for each run: ``done``, ``failed``, ``partial (step N)`` or ``todo``."""
+    rows = {r.get("run"): r for r in read_results(os.path.join(sweep_dir, RESULTS_FILE))}
+    out = {}
+    for run in runs:
+        row = rows.get(run.name, {})
+        ckpts = os.path.join(sweep_dir, RUNS_DIR, run.name, "checkpoints")
+        steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+        if row.get("status") == "ok":
+            out[run.name] = "done"
+        elif row.get("status"):
+            out[run.name] = "failed" + (f", checkpoint at step {max(steps)}" if steps else "")
+        else:
+            out[run.name] = f"partial, checkpoint at step {max(steps)}" if steps else "todo"
+    return out
+
+
 def pending_runs(runs: list[Run], sweep_dir: str) -> tuple[list[Run], list[Run]]:
     """(finished, to do): finished runs have an ``ok`` row in results.jsonl."""
     ok = {r["run"] for r in read_results(os.path.join(sweep_dir, RESULTS_FILE))
@@ -371,8 +488,18 @@ def run_sweep(spec: SweepSpec, sweep_dir: str, *, only: Sequence[str] | None = N
                              f"{[r.name for r in runs]}")
         runs = [r for r in runs if r.name in set(only)]
     os.makedirs(sweep_dir, exist_ok=True)
-    if is_main and not only:
-        write_spec(sweep_dir, spec, all_runs)
+    lock = SweepLock(sweep_dir)
+    if is_main and not _locked_by_parent(sweep_dir):
+        lock.acquire()  # a second sweep on this directory stops here, naming the holder
+    try:
+        if is_main:
+            write_spec(sweep_dir, spec, all_runs)
+        return _run_locked(spec, runs, sweep_dir, only=only, is_main=is_main)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec, runs, sweep_dir, *, only, is_main) -> list[dict]:
     finished, todo = pending_runs(runs, sweep_dir)
     progress = Progress(spec.name, len(runs), len(finished), enabled=is_main and not only)
     if finished:

@@ -262,3 +262,72 @@ def test_bad_image_size_is_rejected(dataset, size):
         config.image_size = size
     with pytest.raises(ValueError, match="image_size"):
         validate_config(config)
+
+
+# ------------------------------------------------------------------- reliability (issue 19)
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_row(tmp_path, caplog):
+    path = tmp_path / sweep.RESULTS_FILE
+    path.write_text(json.dumps({"run": "a", "status": "ok"}) + "\n" + '{"run": "b", "sta')
+    sweep._append_row(str(path), {"run": "c", "status": "ok"})
+    with caplog.at_level("WARNING"):
+        rows = sweep.read_results(str(tmp_path))
+    assert sorted(r["run"] for r in rows) == ["a", "c"]
+    assert "skipped 1 damaged line(s) (line 2" in caplog.text
+    assert path.read_text().endswith('"ok"}\n')
+
+
+def test_a_second_sweep_on_the_directory_stops_naming_the_holder(tmp_path, write_sweep):
+    spec = sweep.load_sweep(write_sweep(tmp_path, steps=2))
+    out = tmp_path / "out"
+    with sweep.SweepLock(str(out)):
+        with pytest.raises(sweep.SweepLockedError, match=rf"in use by another sweep \(host "
+                                                         rf".*pid {os.getpid()}, started "):
+            sweep.run_sweep(spec, str(out))
+        assert sweep.SweepLock.holder(str(out))["pid"] == os.getpid()
+    assert not (out / "runs").exists() and sweep.SweepLock.holder(str(out)) is None
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+    (tmp_path / sweep.LOCK_FILE).write_text(json.dumps(
+        {"host": "elsewhere", "pid": 999999, "started": "yesterday"}))
+    with caplog.at_level("WARNING"), sweep.SweepLock(str(tmp_path)):
+        assert sweep.SweepLock.holder(str(tmp_path))["pid"] == os.getpid()
+    assert "host elsewhere, pid 999999, started yesterday" in caplog.text
+
+
+def test_dry_run_and_report_agree_with_the_disk(finished_sweep, capsys):
+    spec, out, _ = finished_sweep
+    status = sweep.run_status(sweep.expand_runs(spec.base, spec.grid), str(out))
+    assert sorted(status.values()) == ["done", "done", "failed", "failed"]
+    report.report(str(out), quiet=False)
+    assert "2 ok, 2 failed," in capsys.readouterr().out
+    # --only on an already finished run still records the sweep.
+    os.remove(out / sweep.SPEC_FILE)
+    assert sweep.run_sweep(spec, str(out), only=["dataset=digits,layout=parallel"]) == []
+    assert json.loads((out / sweep.SPEC_FILE).read_text())["sweep"] == spec.name
+
+
+def test_config_overrides_apply_to_every_run_but_not_to_swept_fields(tmp_path, write_sweep):
+    spec = sweep.load_sweep(write_sweep(tmp_path))
+    sweep.apply_overrides(spec, {"learning_rate": 0.3, "model_overrides.features": 8})
+    runs = sweep.expand_runs(spec.base, spec.grid)
+    assert all(r.config.learning_rate == 0.3 and r.config.model_overrides.features == 8
+               for r in runs)
+    with pytest.raises(ValueError, match="swept by the grid"):
+        sweep.apply_overrides(spec, {"model_overrides.layout": "parallel"})
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.learning_rate=-1.0", "learning_rate=-1.0 must be a number in (0, inf)"),
+    ("--config.model=resnet_20", "resnet20"),
+    ("--config.model_overrides.layout=parallel", "swept by the grid"),
+])
+def test_sweep_cli_errors_are_one_line_without_traceback(tmp_path, write_sweep, flag, expected):
+    result = subprocess.run(sweep_cli(write_sweep(tmp_path), tmp_path / "out", "--dry-run", flag),
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, result.stderr[-2000:]
