@@ -11,8 +11,10 @@ from jaxconv.models import (
     convnext_dcls,
     cvt,
     densenet,
+    hyena,
     inception,
     inception_next,
+    long_conv,
     mobilenet,
     nat,
     nin,
@@ -31,4 +33,4 @@ from jaxconv.models.resnet import ResNet
 __all__ = ["ResNet", "allcnn", "coatnet", "convnext", "convnext_dcls", "cvt", "densenet",
            "inception", "inception_next", "mobilenet", "nat", "nin", "replknet",
            "residual_stack", "resnet", "unireplknet", "vgg", "wrn",
-           "bytenet", "tcn", "ucr", "seq_attention"]
+           "bytenet", "tcn", "ucr", "seq_attention", "hyena", "long_conv"]
