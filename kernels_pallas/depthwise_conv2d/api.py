@@ -252,8 +252,10 @@ def depthwise_conv2d(x, w, *, stride=1, padding="SAME", dilation=1, bias=None,
     """Depthwise 2-D convolution (cross-correlation, like ``lax.conv_general_dilated``).
 
     Args:
-      x: [B, H, W, C] float32 or bfloat16.
-      w: [KH, KW, C]: one KHxKW filter per channel (square 3..31 or band 1xk / kx1 kernels).
+      x: [B, H, W, C] float32 or bfloat16; B may be 0 (an empty result, zero gradients for
+        w and bias, on every path).
+      w: [KH, KW, C]: one KHxKW filter per channel, any KH, KW >= 1 (square or not; tested
+        1..31) whose dilated size fits the padded input.
       stride: 1 or 2, or a pair.
       padding: 'SAME', 'VALID' or ((lo, hi), (lo, hi)), with ``lax.conv_general_dilated``'s
         meaning (for stride 2 'SAME' pads the extra row/column at the end).
@@ -265,10 +267,15 @@ def depthwise_conv2d(x, w, *, stride=1, padding="SAME", dilation=1, bias=None,
     Returns:
       [B, H_out, W_out, C] in ``x.dtype``; float32 accumulation on every path. Differentiable
       in x, w and bias (``jax.custom_vjp``; no forward-mode autodiff on the custom paths).
+      A NaN/Inf in x, w or the incoming gradient makes exactly the outputs and gradients
+      non-finite that it makes non-finite in ``lax.conv_general_dilated`` on the "xla" path,
+      FFT formulation included (as NaN; see ``xla_cpu.py``).
     """
     geometry = check_arguments(x, w, stride=stride, padding=padding, dilation=dilation,
                                bias=bias, implementation=implementation)
     path = choose_implementation(implementation, geometry, jnp.dtype(x.dtype).itemsize)
+    if geometry.batch == 0:  # nothing to compute; XLA's convolution handles empty arrays
+        path = "reference"
     if path == "reference":
         return depthwise_conv2d_reference(x, w, stride=geometry.stride,
                                           padding=geometry.padding,
@@ -280,7 +287,7 @@ def depthwise_conv2d(x, w, *, stride=1, padding="SAME", dilation=1, bias=None,
         if path == "xla_cpu":
             taps = geometry.kernel[0] * geometry.kernel[1]
             y = xla_cpu.conv_valid(xp, w, geometry.stride, geometry.dilation,
-                                   *tuning.cpu_plan().choose(taps))
+                                   *tuning.cpu_plan().choose(taps), geometry.padding)
             if bias is not None:
                 y = y + bias.astype(F32)
             return y.astype(x.dtype)

@@ -82,8 +82,9 @@ def check_arguments(q, k, v, *, bias=None, causal=False, scale=None,
                          f"q {q.shape} (same batch, heads and head dim; grouped heads are not "
                          f"supported), got {k.shape}")
     kv_len = k.shape[1]
-    if min(q.shape) < 1 or kv_len < 1:
-        raise ValueError(f"empty attention: q {q.shape}, k {k.shape}")
+    if min(q.shape[1:]) < 1 or kv_len < 1:
+        raise ValueError(f"empty attention: only the batch B may be 0 (L, S, H and D must be "
+                         f">= 1), got q {q.shape}, k {k.shape}")
     dtype = jnp.dtype(q.dtype).name
     if dtype not in DTYPES or jnp.dtype(k.dtype) != q.dtype or jnp.dtype(v.dtype) != q.dtype:
         raise ValueError(f"q, k, v must share one dtype of {list(DTYPES)}, got q.dtype={q.dtype}, "
@@ -222,7 +223,8 @@ def flash_attention(q, k, v, *, bias=None, causal: bool = False, scale=None,
     """Scaled dot-product attention with an additive, differentiable bias.
 
     Args:
-      q: [B, L, H, D] queries; float32 or bfloat16.
+      q: [B, L, H, D] queries; float32 or bfloat16. B may be 0 (an empty result and a zero
+        bias gradient on every path); L, S, H, D must be >= 1.
       k, v: [B, S, H, D] keys and values, q's dtype (S may differ from L).
       bias: optional additive score bias [B|1, H|1, L, S] (any float dtype); gets gradients.
       causal: mask keys after the query's own position (top-left aligned, as
@@ -238,6 +240,8 @@ def flash_attention(q, k, v, *, bias=None, causal: bool = False, scale=None,
     geometry = check_arguments(q, k, v, bias=bias, causal=causal, scale=scale,
                                implementation=implementation)
     path = choose_implementation(implementation, geometry)
+    if geometry.batch == 0:  # nothing to compute; the XLA path handles empty arrays
+        path = "xla"
     if path in ("xla", "cudnn"):
         return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=geometry.causal,
                                             scale=geometry.scale, implementation=path)

@@ -113,8 +113,9 @@ def check_arguments(q, k, v, *, kernel_size, dilation=1, is_causal=False, rpb=No
                              f"{getattr(t, 'dtype', None)}")
     ndim = q.ndim - 3
     batch, spatial, heads, dim = q.shape[0], tuple(q.shape[1:1 + ndim]), q.shape[-2], q.shape[-1]
-    if min(q.shape) < 1:
-        raise ValueError(f"q must have no empty dimension, got shape {tuple(q.shape)}")
+    if min(q.shape[1:]) < 1:
+        raise ValueError(f"q must have no empty dimension but the batch (B may be 0), got "
+                         f"shape {tuple(q.shape)}")
     kernel = _per_dim("kernel_size", kernel_size, ndim, int, "each an odd int >= 1")
     if any(kk < 1 or kk % 2 == 0 for kk in kernel):
         raise ValueError(f"kernel_size={kernel_size!r} is not supported: each must be an odd "
@@ -256,7 +257,8 @@ def neighborhood_attention(q, k, v, *, kernel_size, dilation=1, is_causal=False,
 
     Args:
       q, k, v: [B, L, H, D] (1-D) or [B, X, Y, H, D] (2-D), all the same shape and dtype
-        (float32, bfloat16 or float16).
+        (float32, bfloat16 or float16). B may be 0 (an empty result and a zero rpb gradient
+        on every path); the other dimensions must be >= 1.
       kernel_size: odd window size, an int or (2-D) a pair (kx, ky).
       dilation: an int or a pair; kernel_size * dilation must not exceed the input size.
       is_causal: a bool or (2-D) a pair: query j attends keys max(0, j-k+1)..j of its group.
@@ -274,6 +276,8 @@ def neighborhood_attention(q, k, v, *, kernel_size, dilation=1, is_causal=False,
                                is_causal=is_causal, rpb=rpb, scale=scale,
                                implementation=implementation)
     path = choose_implementation(implementation, geometry)
+    if geometry.batch == 0:  # nothing to compute; the XLA path handles empty arrays
+        path = "xla"
     one_d = geometry.ndim == 1
     kernel = (1, *geometry.kernel_size) if one_d else geometry.kernel_size
     dilation_2d = (1, *geometry.dilation) if one_d else geometry.dilation

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import kernels_pallas
@@ -31,6 +31,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PLANS = {"direct": tuning.CpuPlan(10**6, 10**6),
          "fft": tuning.CpuPlan(1, 1),
          "default": tuning.CPU_PLANS["default"]}
+
+
+#: Shrinking recompiles per example; the drawn case is printed as it is.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 def _pair(v):
@@ -161,6 +165,82 @@ def test_bias_is_added_before_the_single_rounding():
         y = depthwise_conv2d(x, w, bias=b, implementation=implementation)
         np.testing.assert_array_equal(np.asarray(y, np.float32),
                                       np.asarray(expected, np.float32))
+
+
+# ------------------------------------------------------------- non-finite values, batch 0
+def _finite_mask_and_values(actual, expected, name):
+    """Same isfinite mask as lax, and the finite entries agree."""
+    a, e = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    bad = np.isfinite(a) != np.isfinite(e)
+    assert not bad.any(), (f"{name}: {int(bad.sum())} of {a.size} entries differ in finiteness "
+                           f"from lax (op non-finite {int((~np.isfinite(a)).sum())}, lax "
+                           f"{int((~np.isfinite(e)).sum())})")
+    ok = np.isfinite(e)
+    scale = max(float(np.max(np.abs(e[ok]), initial=0.0)), 1e-6)
+    error = float(np.max(np.abs(a[ok] - e[ok]), initial=0.0)) / scale
+    assert error <= 1.5e-2 if actual.dtype == jnp.bfloat16 else 5e-5, f"{name}: error {error}"
+
+
+@pytest.mark.parametrize("plan", ["direct", "fft"])
+@pytest.mark.parametrize("where", ["x", "w", "g"])
+@settings(max_examples=2, deadline=None, derandomize=True, phases=NO_SHRINK)
+@given(case=conv_cases(max_kernel=5, channels=(1, 3)),
+       value=st.sampled_from([np.nan, np.inf, -np.inf]), position=st.integers(0, 10**6))
+def test_non_finite_values_stay_in_their_footprint(case, plan, where, value, position):
+    """A NaN/Inf in x, w or the cotangent makes exactly the outputs and gradients non-finite
+    that lax.conv_general_dilated makes non-finite (issue 19: the FFT plan turned one NaN into a
+    whole channel), and every other entry keeps its value."""
+    shape, kernel, stride, padding, dilation, dtype, with_bias = case
+    x, w, b = _arrays(shape, kernel, dtype, with_bias)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    ref_kwargs = dict(stride=_pair(stride), dilation=_pair(dilation), padding=padding)
+    y_shape = jax.eval_shape(lambda x, w: depthwise_conv2d_reference(x, w, **ref_kwargs), x, w)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(y_shape.shape), dtype)
+
+    def poke(a):
+        flat = a.reshape(-1)
+        return flat.at[position % flat.size].set(value).reshape(a.shape)
+
+    x, w, g = (poke(a) if name == where else a for name, a in (("x", x), ("w", w), ("g", g)))
+
+    def run(fn):
+        y, vjp = jax.vjp(fn, x, w)
+        return (y, *vjp(g))
+
+    with cpu_plan(plan):
+        plain = jax.jit(lambda x, w: depthwise_conv2d(x, w, implementation="xla", **kwargs))(x, w)
+        got = jax.jit(lambda: run(lambda x, w: depthwise_conv2d(
+            x, w, implementation="xla", **kwargs)))()
+    expected = jax.jit(lambda: run(lambda x, w: depthwise_conv2d_reference(
+        x, w, **ref_kwargs)))()
+    _finite_mask_and_values(plain, expected[0], "forward")
+    for name, a, e in zip(("vjp forward", "dx", "dw"), got, expected):
+        _finite_mask_and_values(a, e, name)
+
+
+def test_one_nan_in_a_13x13_conv_stays_in_its_footprint():
+    """Issue 19's case: the default CPU plan (FFT for 13x13) on one NaN pixel."""
+    x, w, _ = _arrays((1, 24, 20, 2), (13, 13), "float32", False)
+    x = x.at[0, 3, 17, 1].set(jnp.nan)
+    y = jax.jit(lambda x, w: depthwise_conv2d(x, w, implementation="xla"))(x, w)
+    expected = depthwise_conv2d_reference(x, w, padding="SAME")
+    assert int(jnp.sum(~jnp.isfinite(expected))) == 10 * 9  # the footprint, clipped at borders
+    _finite_mask_and_values(y, expected, "forward")
+
+
+@pytest.mark.parametrize("implementation, kernel, stride", [
+    (None, (13, 13), 1), ("xla", (3, 3), 1), ("pallas", (3, 2), 2), ("pallas", (13, 13), 1)])
+def test_batch_zero_gives_empty_results_and_zero_gradients(implementation, kernel, stride):
+    x, w, b = _arrays((0, 9, 7, 3), kernel, "bfloat16", True)
+    y, vjp = jax.vjp(lambda x, w, b: depthwise_conv2d(
+        x, w, bias=b, stride=stride, implementation=implementation), x, w, b)
+    expected = jax.eval_shape(lambda: depthwise_conv2d_reference(
+        jnp.zeros((1, 9, 7, 3), x.dtype), w, padding="SAME", stride=_pair(stride)))
+    assert (y.shape, y.dtype) == ((0, *expected.shape[1:]), x.dtype)
+    dx, dw, db = vjp(jnp.zeros(y.shape, y.dtype))
+    assert (dx.shape, dx.dtype) == (x.shape, x.dtype)
+    np.testing.assert_array_equal(dw, np.zeros(w.shape))
+    np.testing.assert_array_equal(db, np.zeros(b.shape))
 
 
 # ----------------------------------------------------------------------- dispatch, sharding

@@ -330,6 +330,26 @@ def test_auto_choice(monkeypatch):
     assert api.choose_implementation(None, g) == "pallas"
 
 
+@pytest.mark.parametrize("implementation", [None, "xla", "pallas"])
+def test_batch_zero_gives_empty_results_and_zero_gradients(implementation):
+    q = jnp.zeros((0, 5, 2, 8), jnp.bfloat16)
+    k = jnp.zeros((0, 7, 2, 8), jnp.bfloat16)
+    bias = jnp.ones((1, 2, 5, 7))
+    y, vjp = jax.vjp(lambda q, k, v, bias: flash_attention(
+        q, k, v, bias=bias, causal=True, implementation=implementation), q, k, k, bias)
+    assert (y.shape, y.dtype) == (q.shape, q.dtype)
+    dq, dk, dv, dbias = vjp(jnp.zeros_like(y))
+    assert [(t.shape, t.dtype) for t in (dq, dk, dv)] == [(t.shape, t.dtype) for t in (q, k, k)]
+    np.testing.assert_array_equal(dbias, np.zeros(bias.shape))
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 2, 8), (1, 4, 0, 8), (1, 4, 2, 0)])
+def test_empty_sequence_heads_or_head_dim_are_refused(shape):
+    x = jnp.zeros(shape)
+    with pytest.raises(ValueError, match=r"only the batch B may be 0"):
+        flash_attention(x, x, x)
+
+
 # ----------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("q_shape, k_shape, v_shape, bias_shape, kwargs, message", [
     ((4, 2, 8), (1, 4, 2, 8), (1, 4, 2, 8), None, {}, r"q must be 4-D \[B, L, H, D\]"),

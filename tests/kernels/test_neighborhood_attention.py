@@ -412,6 +412,23 @@ def test_bad_arguments_raise_clear_errors(shape, kwargs, message):
         neighborhood_attention(x, x, x, **kwargs)
 
 
+@pytest.mark.parametrize("implementation, shape, kernel_size, dilation", [
+    (None, (0, 7, 2, 4), 3, 2), ("xla", (0, 6, 5, 2, 4), (3, 5), 1),
+    ("pallas", (0, 7, 2, 4), 3, 2), ("pallas", (0, 6, 5, 2, 4), (3, 5), 1)])
+def test_batch_zero_gives_empty_results_and_zero_gradients(implementation, shape, kernel_size,
+                                                           dilation):
+    q = jnp.zeros(shape, jnp.bfloat16)
+    kernel = (kernel_size,) if isinstance(kernel_size, int) else kernel_size
+    rpb = jnp.ones((shape[-2], *(2 * k - 1 for k in kernel)))
+    y, vjp = jax.vjp(lambda q, k, v, rpb: neighborhood_attention(
+        q, k, v, kernel_size=kernel_size, dilation=dilation, rpb=rpb,
+        implementation=implementation), q, q, q, rpb)
+    assert (y.shape, y.dtype) == (q.shape, q.dtype)
+    dq, dk, dv, drpb = vjp(jnp.zeros_like(y))
+    assert all((t.shape, t.dtype) == (q.shape, q.dtype) for t in (dq, dk, dv))
+    np.testing.assert_array_equal(drpb, np.zeros(rpb.shape))
+
+
 def test_mismatched_qkv_and_bad_dtype_raise():
     q = jnp.zeros((1, 8, 2, 4))
     with pytest.raises(ValueError, match=r"k must have q's shape \(1, 8, 2, 4\)"):
