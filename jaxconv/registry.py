@@ -10,6 +10,16 @@ A model family registers each variant with a builder function whose name is the 
 ``create_model(name, **overrides)`` builds the default module, checks the override keys against
 its dataclass fields and returns ``module.clone(**overrides)``; nothing is traced or
 initialised. Names follow timm's where timm has the model.
+
+Anything that takes a model name also takes a factory outside the registry (a forked model
+file, a research module), as ``"package.module:factory"`` or ``"path/to/file.py:factory"``
+(relative to the working directory). The factory is called with the overrides (the trainer
+passes ``num_classes`` and ``dtype``) and must return a ``flax.linen.Module``; a builder
+decorated with :func:`register_model` keeps its metadata (``model_info``) there too.
+
+A module that registers a name already taken by another module (a copy of a jaxconv model
+file, imported beside jaxconv) gets a :class:`DuplicateModelWarning` and leaves the registry as
+it was: the copy's builders are reached by their ``module:factory`` spec.
 """
 
 from __future__ import annotations
@@ -17,11 +27,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import warnings
 from typing import Callable
 
 import flax.linen as nn
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["DuplicateModelWarning", "ModelInfo", "create_model", "list_models", "model_info",
+           "register_model", "resolve_factory"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +75,10 @@ _REGISTRY: dict[str, _Entry] = {}
 INPUT_DTYPES = ("float32", "int32")
 
 
+class DuplicateModelWarning(UserWarning):
+    """A module registered a model name that another module had registered first."""
+
+
 def register_model(*, family: str, paper: str, input_size: tuple[int, ...], num_classes: int,
                    input_dtype: str = "float32"):
     """Decorator registering ``fn`` (a ``**overrides -> nn.Module`` builder) under ``fn.__name__``.
@@ -75,16 +97,6 @@ def register_model(*, family: str, paper: str, input_size: tuple[int, ...], num_
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
-        old = _REGISTRY.get(name)
-        # Re-registering the same function (e.g. importlib.reload) replaces it; a different
-        # function claiming an existing name is a bug.
-        if old is not None and (old.builder.__module__, old.builder.__qualname__) != (
-            fn.__module__, fn.__qualname__
-        ):
-            raise ValueError(
-                f"model {name!r} is already registered by {old.builder.__module__}."
-                f"{old.builder.__qualname__}"
-            )
         doc = (fn.__doc__ or "").strip().splitlines()
         info = ModelInfo(
             name=name,
@@ -96,10 +108,107 @@ def register_model(*, family: str, paper: str, input_size: tuple[int, ...], num_
             description=doc[0] if doc else "",
             input_dtype=input_dtype,
         )
+        # The metadata travels with the builder, for 'module:factory' specs.
+        fn.model_info = info
+        old = _REGISTRY.get(name)
+        # Re-registering the same function (e.g. importlib.reload) replaces it; another module
+        # claiming the name (a forked copy of a model file) must not replace jaxconv's entry.
+        if old is not None and (old.builder.__module__, old.builder.__qualname__) != (
+            fn.__module__, fn.__qualname__
+        ):
+            # One warning per module: a forked file repeats every name of the original.
+            if fn.__module__ not in _WARNED_MODULES:
+                _WARNED_MODULES.add(fn.__module__)
+                where = _FILE_PATHS.get(fn.__module__, fn.__module__)
+                warnings.warn(
+                    f"model {name!r} is already registered by {old.builder.__module__}."
+                    f"{old.builder.__qualname__}; the one in {where} (and any other taken name "
+                    f"there) is not added to the registry (jaxconv's entry stays): name it "
+                    f"'{where}:{name}' (or rename the builder)", DuplicateModelWarning,
+                    stacklevel=2)
+            return fn
         _REGISTRY[name] = _Entry(info, fn)
         return fn
 
     return decorator
+
+
+def is_spec(name) -> bool:
+    """Whether ``name`` is a ``module:factory`` / ``file.py:factory`` spec (names have no ':')."""
+    return isinstance(name, str) and ":" in name
+
+
+_FILE_MODULES: dict[str, object] = {}   # absolute path -> module
+_FILE_PATHS: dict[str, str] = {}        # private module name -> the path it was given as
+_WARNED_MODULES: set[str] = set()       # modules told that they registered a taken name
+
+
+def _load_file(path: str):
+    """Import the Python file ``path`` once per absolute path (a stable private module name)."""
+    full = os.path.abspath(path)
+    if full in _FILE_MODULES:
+        return _FILE_MODULES[full]
+    if not os.path.isfile(full):
+        raise ValueError(f"model file {path!r} does not exist (resolved to {full!r}, relative to "
+                         f"the working directory {os.getcwd()!r})")
+    stem = os.path.splitext(os.path.basename(full))[0]
+    mod_name = f"_jaxconv_file_{stem}_{hashlib.sha1(full.encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(mod_name, full)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # before exec: dataclasses and pickling look it up
+    _FILE_PATHS[mod_name] = path
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    _FILE_MODULES[full] = module
+    return module
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable a ``"package.module:factory"`` or ``"path/to/file.py:factory"`` spec names."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ValueError(f"model spec {spec!r} must be 'package.module:factory' or "
+                         "'path/to/file.py:factory' (factory: a Python identifier)")
+    if target.endswith(".py"):
+        module = _load_file(target)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"model spec {spec!r}: cannot import {target!r} ({err}); give an "
+                             "importable module path or a 'path/to/file.py'") from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                 and getattr(v, "__module__", None) == module.__name__]
+        close = difflib.get_close_matches(attr, names, n=5, cutoff=0.6)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"model spec {spec!r}: {target!r} has no callable {attr!r}.{hint} "
+                         f"Callables defined there: {sorted(names)}")
+    return factory
+
+
+def _create_from_spec(spec: str, overrides: dict) -> nn.Module:
+    factory = resolve_factory(spec)
+    if hasattr(factory, "model_info"):  # a @register_model builder: the registry's checks
+        return _built(spec, factory, overrides)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(overrides) - set(params))
+        if unknown:
+            raise ValueError(f"create_model({spec!r}): unknown override(s) {unknown}; the factory "
+                             f"takes {sorted(params)} (the trainer passes num_classes and dtype)")
+    module = factory(**overrides)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"create_model({spec!r}): the factory returned "
+                         f"{type(module).__name__}, not a flax.linen.Module")
+    return module
 
 
 def _entry(name: str) -> _Entry:
@@ -122,12 +231,20 @@ def _override_keys(module: nn.Module) -> list[str]:
 def create_model(name: str, **overrides) -> nn.Module:
     """Build the registered model ``name``, with dataclass-field ``overrides`` applied.
 
+    ``name`` may also be a ``"package.module:factory"`` or ``"path/to/file.py:factory"`` spec
+    (module docstring): the factory is called with the overrides.
+
     Raises ``ValueError`` for an unknown name (naming close matches), for override keys that are
     not fields of the model (listing the valid keys), and for invalid values (the model's own
     validation, naming the valid values). Nothing is initialised.
     """
-    entry = _entry(name)
-    module = entry.builder()
+    if is_spec(name):
+        return _create_from_spec(name, overrides)
+    return _built(name, _entry(name).builder, overrides)
+
+
+def _built(name: str, builder: Callable[..., nn.Module], overrides: dict) -> nn.Module:
+    module = builder()
     if not overrides:
         return module
     valid = _override_keys(module)
@@ -150,5 +267,16 @@ def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """Metadata of the registered model ``name`` (``ValueError`` like ``create_model``)."""
+    """Metadata of the registered model ``name`` (``ValueError`` like ``create_model``).
+
+    For a ``module:factory`` spec: the metadata of a factory decorated with
+    :func:`register_model` (named by the spec); other factories have none (``ValueError``).
+    """
+    if is_spec(name):
+        info = getattr(resolve_factory(name), "model_info", None)
+        if not isinstance(info, ModelInfo):
+            raise ValueError(f"model {name!r} has no metadata (input size, classes): decorate the "
+                             "factory with @jaxconv.registry.register_model(family=..., paper=..., "
+                             "input_size=..., num_classes=...)")
+        return dataclasses.replace(info, name=name)
     return _entry(name).info

@@ -113,13 +113,20 @@ def test_bad_values_raise_naming_valid_values(overrides, names_valid):
         jaxconv.create_model("resnet20", **overrides)
 
 
-def test_register_rejects_duplicates_and_bad_metadata():
-    def resnet20(**overrides):  # same name, different function
+def test_register_duplicate_warns_and_keeps_jaxconv_entry():
+    def resnet20(**overrides):  # same name, different function (a forked copy)
         return nn.Dense(1)
 
+    before = {n: registry._REGISTRY[n] for n in jaxconv.list_models()}
     decorator = registry.register_model(family="x", paper="p", input_size=(1, 1, 1), num_classes=1)
-    with pytest.raises(ValueError, match="already registered"):
-        decorator(resnet20)
+    with pytest.warns(registry.DuplicateModelWarning,
+                      match=r"'resnet20' is already registered by jaxconv\.models\.resnet"):
+        assert decorator(resnet20) is resnet20
+    assert {n: registry._REGISTRY[n] for n in jaxconv.list_models()} == before
+    assert resnet20.model_info.family == "x"  # the copy keeps its own metadata
+
+
+def test_register_rejects_bad_metadata():
     for bad_size in ((32, 0), (), (1, 2, 3, 4, 5), [32, 32, 3], (32.0, 3)):
         with pytest.raises(ValueError, match="input_size"):
             registry.register_model(family="x", paper="p", input_size=bad_size, num_classes=1)
@@ -169,3 +176,86 @@ def test_import_registers_models_without_compiling():
     )
     assert int(out.stdout.strip()) == len(jaxconv.list_models())
     assert "Compiling" not in out.stderr and "Finished" not in out.stderr
+
+
+# ------------------------------------------------------------ 'module:factory' / 'file.py:factory'
+
+MODEL_FILE = """
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxconv.registry import register_model
+
+
+class Tiny(nn.Module):
+    num_classes: int = 3
+    dtype: object = jnp.float32
+    width: int = 4
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(self.num_classes)(nn.Dense(self.width)(x.mean(axis=(1, 2))))
+
+
+def tiny(num_classes=3, dtype=jnp.float32, width=4):
+    return Tiny(num_classes, dtype, width)
+
+
+@register_model(family="test", paper="none", input_size=(8, 8, 1), num_classes=5)
+def resnet20(**overrides):
+    \"\"\"A copy's builder with a taken name.\"\"\"
+    return Tiny(**{"num_classes": 5, **overrides})
+
+
+def not_a_model(**overrides):
+    return 3
+"""
+
+
+@pytest.fixture
+def model_file(tmp_path, monkeypatch):
+    path = tmp_path / "my_models.py"
+    path.write_text(MODEL_FILE)
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+def test_create_model_from_file_spec(model_file):
+    before = jaxconv.list_models()
+    with pytest.warns(registry.DuplicateModelWarning, match="'my_models.py:resnet20'"):
+        model = jaxconv.create_model("my_models.py:tiny", num_classes=7, width=2)
+    assert type(model).__name__ == "Tiny" and (model.num_classes, model.width) == (7, 2)
+    # The same file by its absolute path is the same module (imported once).
+    assert type(jaxconv.create_model(f"{model_file}:tiny")) is type(model)
+    copy = jaxconv.create_model("my_models.py:resnet20", width=3)
+    assert (copy.num_classes, copy.width) == (5, 3)
+    assert jaxconv.list_models() == before
+    assert type(jaxconv.create_model("resnet20")).__name__ == "ResNet"
+    info = jaxconv.model_info("my_models.py:resnet20")
+    assert (info.name, info.input_size, info.num_classes) == ("my_models.py:resnet20", (8, 8, 1), 5)
+
+
+def test_create_model_from_module_spec():
+    model = jaxconv.create_model("jaxconv.models.resnet:resnet20", num_classes=3)
+    assert model == jaxconv.create_model("resnet20", num_classes=3)
+    assert jaxconv.model_info("jaxconv.models.resnet:resnet20").family == "resnet"
+
+
+@pytest.mark.filterwarnings("ignore::jaxconv.registry.DuplicateModelWarning")
+@pytest.mark.parametrize("spec, overrides, match", [
+    ("missing.py:tiny", {}, r"does not exist"),
+    ("my_models.py:tinny", {}, r"no callable 'tinny'.*Did you mean 'tiny'"),
+    ("my_models.py:tiny", {"depth": 3}, r"unknown override\(s\) \['depth'\].*'width'"),
+    ("my_models.py:resnet20", {"depth": 3}, r"unknown override\(s\) \['depth'\]"),
+    ("my_models.py:not_a_model", {}, r"returned int, not a flax.linen.Module"),
+    ("no_such_package.mod:f", {}, r"cannot import 'no_such_package.mod'"),
+    ("my_models.py:", {}, r"must be 'package.module:factory'"),
+])
+def test_bad_specs_name_the_problem(model_file, spec, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        jaxconv.create_model(spec, **overrides)
+
+
+@pytest.mark.filterwarnings("ignore::jaxconv.registry.DuplicateModelWarning")
+def test_model_info_of_factory_without_metadata(model_file):
+    with pytest.raises(ValueError, match="has no metadata.*register_model"):
+        jaxconv.model_info("my_models.py:tiny")

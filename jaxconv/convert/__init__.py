@@ -9,8 +9,9 @@ Use::
 
 ``from_timm(name, state_dict, model=None)`` takes the model's abstract variables
 (``jax.eval_shape`` of ``init``: nothing runs), names the timm key of every leaf, and copies the
-arrays in with the layout changes PyTorch needs: conv ``OIHW -> HWIO`` (depthwise
-``[C, 1, kh, kw] -> [kh, kw, 1, C]``), linear ``[out, in] -> [in, out]``, a linear weight that
+arrays in with the layout changes PyTorch needs: conv ``OIHW -> HWIO`` (a grouped depthwise
+``nn.Conv``: ``[C, 1, kh, kw] -> [kh, kw, 1, C]``; every :class:`jaxconv.layers.DepthwiseConv2D`,
+found by module type while ``init`` is traced: ``[C, 1, kh, kw] -> [kh, kw, C]``), linear ``[out, in] -> [in, out]``, a linear weight that
 feeds a conv kernel (or a 1x1 conv that feeds a linear) reshaped, BatchNorm
 ``weight/bias/running_mean/running_var -> scale/bias/mean/var`` (copied as is: eval mode
 divides by ``sqrt(var + eps)`` in both; only their training updates differ, PyTorch averaging the
@@ -25,13 +26,18 @@ How to add a family
    indices become ``_<int>`` suffixes of the parent's name, attributes become nested modules),
    and use ``kernel``/``bias``/``scale`` and BatchNorm's ``mean``/``var`` leaves (``nn.Conv``,
    ``nn.Dense``, ``nn.BatchNorm`` do). Then the default rule needs no configuration.
-2. Register the family (its registry ``family=`` name) at import time of the model module::
+2. Register the family (its registry ``family=`` name) in the table at the end of
+   ``jaxconv/convert/timm.py``, where every family's rule lives (model files import nothing
+   from this package, so a copied model file cannot change a rule); for a family outside
+   jaxconv, call it from your own code::
 
        from jaxconv.convert.timm import TimmFamily, register_timm_family
-       register_timm_family("densenet")                          # default rule
-       register_timm_family("mynet", TimmFamily(
+       register_timm_family("mynet")                             # default rule
+       register_timm_family("mynet2", TimmFamily(
            renames=((r"shortcut_conv$", "shortcut.0"),),         # Flax path regex -> timm name
            ignore=(r"\\.attn_mask$",)))                           # timm buffers to drop
+
+   A family that already has a different rule is refused unless ``replace=True``.
 
    ``index_suffixes=False`` keeps names that end in numbers (Inception's ``branch3x3_1``);
    ``unrolled``/``to_model_layout`` handle a layout that differs from timm's (see ``"resnet"``

@@ -5,6 +5,11 @@ The expected keys come from the model itself: the abstract variables
 Flax path is turned into a timm key by the family's :class:`TimmFamily` rule, and the state_dict
 must provide exactly those keys with the matching PyTorch shapes; anything else is refused with
 one ``ValueError`` that lists every missing, unexpected and wrongly shaped key.
+
+The rules of jaxconv's families live here, keyed by registry family (end of this file), so a
+model file needs nothing from this package and a copy of it can neither break nor replace them.
+Depthwise kernels are found by module type: every :class:`jaxconv.layers.DepthwiseConv2D` met
+while tracing ``init`` holds ``[kh, kw, C]``, which is timm's ``[C, 1, kh, kw]``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxconv.analysis import init_variables
+from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.registry import create_model, model_info
 
 __all__ = ["TimmFamily", "from_timm", "register_timm_family", "timm_key_map"]
@@ -88,15 +94,22 @@ class TimmFamily:
 _FAMILIES: dict[str, TimmFamily] = {}
 
 
-def register_timm_family(family: str, rule: TimmFamily | None = None) -> TimmFamily:
+def register_timm_family(family: str, rule: TimmFamily | None = None, *,
+                         replace: bool = False) -> TimmFamily:
     """Declare that models of registry ``family`` convert from timm with ``rule``.
 
-    Call it at import time of the family's module (this module imports nothing from
-    ``jaxconv.models``, so there is no import cycle). Re-registering replaces the rule.
+    jaxconv's own families are registered at the end of this module. Registering a family that
+    already has a different rule raises ``ValueError`` unless ``replace=True`` (a forked model
+    file must not silently change how jaxconv's models convert); the same rule again is a no-op.
     """
     rule = TimmFamily() if rule is None else rule
     if not isinstance(rule, TimmFamily):
         raise ValueError(f"rule must be a TimmFamily, got {type(rule).__name__}")
+    old = _FAMILIES.get(family)
+    if old is not None and old != rule and not replace:
+        raise ValueError(f"register_timm_family({family!r}): the family already has a timm "
+                         f"rule ({old}); pass replace=True to replace it, or register the fork "
+                         "under its own family name")
     _FAMILIES[family] = rule
     return rule
 
@@ -120,6 +133,8 @@ class _Entry:
     path: tuple[str, ...]   # Flax path inside the collection, leaf last
     shape: tuple[int, ...]  # Flax shape
     dtype: np.dtype
+    #: A DepthwiseConv2D kernel: [kh, kw, C] here, [C, 1, kh, kw] in PyTorch.
+    depthwise: bool = False
 
     @property
     def is_kernel(self) -> bool:
@@ -127,25 +142,45 @@ class _Entry:
 
     @property
     def torch_shape(self) -> tuple[int, ...]:
-        """PyTorch's shape: kernels (*spatial, I, O) are (O, I, *spatial)."""
+        """PyTorch's shape: kernels (*spatial, I, O) are (O, I, *spatial), depthwise kernels
+        (kh, kw, C) are (C, 1, kh, kw)."""
         if not self.is_kernel:
             return self.shape
+        if self.depthwise:
+            return (self.shape[-1], 1, *self.shape[:-1])
         return (self.shape[-1], self.shape[-2], *self.shape[:-2])
+
+
+def _trace_variables(model: nn.Module, input_shape) -> tuple[dict, frozenset]:
+    """Abstract variables of ``model`` and the module paths of its DepthwiseConv2D layers
+    (recorded while ``init`` is traced, so any model that uses the layer is covered)."""
+    depthwise = set()
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, DepthwiseConv2D) and context.method_name == "__call__":
+            depthwise.add(tuple(context.module.scope.path))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract = init_variables(model, input_shape)
+    return abstract, frozenset(depthwise)
 
 
 def _abstract_unrolled(name: str, model: nn.Module, rule: TimmFamily):
     unrolled = rule.unrolled(model) if rule.unrolled else model
     info = model_info(name)
-    return unrolled, init_variables(unrolled, (1, *info.input_size))
+    return (unrolled, *_trace_variables(unrolled, (1, *info.input_size)))
 
 
-def _plan(abstract: dict, rule: TimmFamily) -> dict[str, _Entry]:
+def _plan(abstract: dict, rule: TimmFamily, depthwise: frozenset = frozenset()
+          ) -> dict[str, _Entry]:
     plan: dict[str, _Entry] = {}
     for collection, tree in abstract.items():
         for path, leaf in flatten_dict(tree).items():
             timm_leaf = LEAF_NAMES.get((collection, path[-1]), path[-1])
             key = f"{rule.module_key(path[:-1])}.{timm_leaf}" if len(path) > 1 else timm_leaf
-            entry = _Entry(collection, path, tuple(leaf.shape), np.dtype(leaf.dtype))
+            is_dw = collection == "params" and path[-1] == "kernel" and path[:-1] in depthwise
+            entry = _Entry(collection, path, tuple(leaf.shape), np.dtype(leaf.dtype), is_dw)
             if key in plan:
                 other = plan[key]
                 raise RuntimeError(
@@ -160,10 +195,10 @@ def timm_key_map(name: str, *, model: nn.Module | None = None) -> dict[str, tupl
     """``{timm key: (Flax 'collection/path', PyTorch shape)}`` that :func:`from_timm` expects."""
     rule = _family_rule(name)
     model = create_model(name) if model is None else model
-    _, abstract = _abstract_unrolled(name, model, rule)
+    _, abstract, depthwise = _abstract_unrolled(name, model, rule)
     return {
         key: (f"{e.collection}/{'/'.join(e.path)}", e.torch_shape)
-        for key, e in _plan(abstract, rule).items()
+        for key, e in _plan(abstract, rule, depthwise).items()
     }
 
 
@@ -173,14 +208,17 @@ def timm_key_map(name: str, *, model: nn.Module | None = None) -> dict[str, tupl
 def _to_flax(entry: _Entry, value: np.ndarray) -> np.ndarray | None:
     """``value`` (PyTorch layout) in Flax layout, or None if its shape cannot be ``entry``'s.
 
-    Kernels: (O, I, *spatial) -> (*spatial, I, O) (conv OIHW -> HWIO, depthwise [C, 1, kh, kw]
-    -> [kh, kw, 1, C], linear [out, in] -> [in, out]); also accepted: a linear weight for a
-    conv kernel ([O, I*kh*kw], torchvision's VGG classifier) and a 1x1 conv weight for a linear
-    kernel ([O, I, 1, 1]).
+    Kernels: (O, I, *spatial) -> (*spatial, I, O) (conv OIHW -> HWIO, grouped depthwise
+    [C, 1, kh, kw] -> [kh, kw, 1, C], linear [out, in] -> [in, out]); DepthwiseConv2D kernels
+    [C, 1, kh, kw] -> [kh, kw, C]; also accepted: a linear weight for a conv kernel
+    ([O, I*kh*kw], torchvision's VGG classifier) and a 1x1 conv weight for a linear kernel
+    ([O, I, 1, 1]).
     """
     if not entry.is_kernel:
         return value if value.shape == entry.shape else None
     torch_shape = entry.torch_shape
+    if entry.depthwise:
+        return np.transpose(value[:, 0], (1, 2, 0)) if value.shape == torch_shape else None
     if value.shape != torch_shape:
         same_size = value.size == int(np.prod(torch_shape))
         linear_for_conv = (value.ndim == 2 and len(torch_shape) > 2
@@ -237,8 +275,8 @@ def from_timm(
     """
     rule = _family_rule(name)
     model = create_model(name) if model is None else model
-    unrolled, abstract = _abstract_unrolled(name, model, rule)
-    plan = _plan(abstract, rule)
+    unrolled, abstract, depthwise = _abstract_unrolled(name, model, rule)
+    plan = _plan(abstract, rule, depthwise)
 
     given = {k: v for k, v in state_dict.items() if not rule.is_ignored(k)}
     missing = [k for k in plan if k not in given]
@@ -276,6 +314,8 @@ def _check_layout(name: str, model: nn.Module, variables: dict) -> None:
 
 
 # ---------------------------------------------------------------------- families in jaxconv
+# Keyed by the registry family. The default rule (no arguments) covers every family whose Flax
+# module names follow timm's; the others say how they differ.
 
 
 def _resnet_unrolled(model):
@@ -283,18 +323,32 @@ def _resnet_unrolled(model):
 
 
 def _resnet_layout(variables, model):
-    from jaxconv.models.resnet import stack_scanned_blocks  # lazy: models import this package
+    # Lazy: the converter imports model code only when converting a scanned ResNet.
+    from jaxconv.models.resnet import stack_scanned_blocks
 
     return stack_scanned_blocks(variables) if model.scan_blocks else variables
 
 
-register_timm_family(
-    "resnet",
-    TimmFamily(
-        renames=((r"downsample_conv$", "downsample.0"), (r"downsample_bn$", "downsample.1")),
-        unrolled=_resnet_unrolled,
-        to_model_layout=_resnet_layout,
-    ),
+#: ResNet's projection shortcut is ``downsample_conv``/``_bn`` (timm ``downsample.0``/``.1``);
+#: ResNet-D shortcuts are named ``downsample_1/2`` already. Scanned blocks convert unrolled.
+_RESNET_RULE = TimmFamily(
+    renames=((r"downsample_conv$", "downsample.0"), (r"downsample_bn$", "downsample.1")),
+    unrolled=_resnet_unrolled,
+    to_model_layout=_resnet_layout,
 )
-register_timm_family("vgg")
-register_timm_family("mobilenet")
+
+for _family, _rule in {
+    "resnet": _RESNET_RULE,
+    "ecaresnet": _RESNET_RULE,
+    "vgg": TimmFamily(),
+    "mobilenet": TimmFamily(),
+    "coatnet": TimmFamily(),
+    "convnext": TimmFamily(),
+    "inception_next": TimmFamily(),
+    # timm keeps everything but the classifier in an nn.Sequential called ``features``.
+    "densenet": TimmFamily(
+        renames=((r"^(conv0|norm0|denseblock\d+|transition\d+|norm5)\b", r"features/\1"),)),
+    # Names like ``branch3x3_1`` keep their ``_1`` (no nn.Sequential indices in Inception v3).
+    "inception": TimmFamily(index_suffixes=False),
+}.items():
+    register_timm_family(_family, _rule)

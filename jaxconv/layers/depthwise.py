@@ -12,7 +12,7 @@ Parameters: ``kernel`` [KH, KW, C] and ``bias`` [C], float32. A timm/PyTorch dep
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -57,6 +57,16 @@ def torch_depthwise_uniform(bound_from_shape):
     return init
 
 
+def _grouped_init(init):
+    """``init`` of a grouped conv's ``[kh, kw, 1, C]`` kernel, as a ``[kh, kw, C]`` init."""
+
+    def wrapped(key, shape, dtype=jnp.float32):
+        kh, kw, channels = shape
+        return init(key, (kh, kw, 1, channels), dtype).reshape(shape)
+
+    return wrapped
+
+
 class DepthwiseConv2D(nn.Module):
     """Depthwise conv: one KHxKW filter per channel, NHWC in and out, channel count unchanged.
 
@@ -65,6 +75,11 @@ class DepthwiseConv2D(nn.Module):
     (0, 1)); 'SAME', 'VALID', an int (symmetric) or explicit ((lo, hi), (lo, hi)) are accepted.
     ``dtype`` is the compute dtype (parameters stay float32; the kernel is cast to it, the bias
     is added in float32 before the result is rounded to it).
+
+    ``kernel_init``: None (PyTorch's default conv init) or a Flax initializer called with the
+    grouped-conv shape ``[KH, KW, 1, C]`` (what ``nn.Conv(feature_group_count=C)`` holds, so
+    fan-in based inits see ``KH * KW`` and the same key draws the same values), then reshaped to
+    ``[KH, KW, C]``.
     """
 
     kernel_size: int | Sequence[int]
@@ -74,6 +89,7 @@ class DepthwiseConv2D(nn.Module):
     use_bias: bool = True
     dtype: Any = jnp.float32
     implementation: str | None = None
+    kernel_init: Callable | None = None
 
     def __post_init__(self):
         # Normalise before Flax freezes the instance (tuples keep the module hashable).
@@ -115,8 +131,10 @@ class DepthwiseConv2D(nn.Module):
     def __call__(self, x):
         channels = x.shape[-1]
         kh, kw = self.kernel_size
-        kernel = self.param("kernel", torch_depthwise_uniform(lambda s: s[0] * s[1]),
-                            (kh, kw, channels), jnp.float32)
+        init = torch_depthwise_uniform(lambda s: s[0] * s[1])
+        if self.kernel_init is not None:
+            init = _grouped_init(self.kernel_init)
+        kernel = self.param("kernel", init, (kh, kw, channels), jnp.float32)
         bias = None
         if self.use_bias:
             bias = self.param("bias", torch_depthwise_uniform(lambda s: kh * kw), (channels,),

@@ -38,9 +38,8 @@ transposed)::
 Stage outputs are sown as ``intermediates/stage{i}``: ``stage0`` the stem (stride 2),
 ``stage1..4`` the four stages (strides 4..32), timm's feature_info.
 
-The depthwise 3x3 convs are ``nn.Conv`` with ``feature_group_count`` (kernel ``[3, 3, 1, C]``,
-which ``from_timm``'s default rule maps from timm's ``[C, 1, 3, 3]``), not
-:class:`jaxconv.layers.DepthwiseConv2D`, whose ``[3, 3, C]`` kernel the converter does not map.
+The depthwise 3x3 convs are :class:`jaxconv.layers.DepthwiseConv2D` (kernel ``[3, 3, C]``;
+``from_timm`` maps timm's ``[C, 1, 3, 3]`` onto it by module type).
 """
 
 from __future__ import annotations
@@ -51,8 +50,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.convert.timm import register_timm_family
-from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
+from jaxconv.layers import (DepthwiseConv2D, DropPath, batch_norm, canonical_dtype, conv2d,
+                            drop_path_rates)
 from jaxconv.layers.attention import ATTENTION_IMPLEMENTATIONS, MultiHeadAttention
 from jaxconv.registry import register_model
 
@@ -187,9 +186,8 @@ class MBConvBlock(nn.Module):
         hidden = make_divisible((self.features if style.expand_from_output else channels) * 4)
         h = _dense(hidden, use_bias=False, dtype=self.dtype, name="conv1_1x1")(h)
         h = act(self._bn("norm1")(h))
-        h = nn.Conv(hidden, (3, 3), strides=dw_stride, padding=((1, 1), (1, 1)),
-                    feature_group_count=hidden, use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=_dw_init, name="conv2_kxk")(h)
+        h = DepthwiseConv2D(3, strides=dw_stride, use_bias=False, dtype=self.dtype,
+                            kernel_init=_dw_init, name="conv2_kxk")(h)
         se = SqueezeExcite(int(0.25 * (self.features if style.expand_from_output else hidden)),
                            style.se_act, self.dtype, name="se_early" if style.se_early else "se")
         if style.se_early:
@@ -417,9 +415,6 @@ class CoAtNet(nn.Module):
         hidden = self.embed_dims[-1] if style.head_hidden else None
         x = _Head(self.num_classes, hidden, self.dtype, name="head")(x)
         return jnp.asarray(x, jnp.float32)
-
-
-register_timm_family("coatnet")
 
 
 def _register():

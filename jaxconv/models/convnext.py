@@ -24,8 +24,8 @@ Parameter layout (``variables["params"]``, no ``batch_stats``), 1:1 with timm's 
     head/norm (LayerNorm after global average pooling), head/fc
 
 The one layout difference: the depthwise kernel is ``[kh, kw, C]`` where timm's weight is
-``[C, 1, kh, kw]``; :func:`depthwise_timm_family` converts through a twin model whose depthwise
-convs hold ``[kh, kw, 1, C]`` kernels and squeezes them afterwards. Initialisation follows timm
+``[C, 1, kh, kw]``; ``jaxconv.convert.from_timm`` maps it by module type (every
+``DepthwiseConv2D``). Initialisation follows timm
 (truncated normal, std 0.02, zero biases) except the depthwise kernels, which keep
 ``DepthwiseConv2D``'s PyTorch-default init. Stage outputs are sown as ``intermediates/stage{i}``,
 i = 0..3 at strides 4, 8, 16, 32 (timm's feature stages; ConvNeXt has no stride-2 feature).
@@ -37,11 +37,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import DepthwiseConv2D, DropPath, canonical_dtype, drop_path_rates
+from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 from kernels_pallas import IMPLEMENTATIONS
 
@@ -52,7 +50,6 @@ __all__ = [
     "ConvNeXtStage",
     "Mlp",
     "NormClassifierHead",
-    "depthwise_timm_family",
     "layer_norm",
     "trunc_normal_init",
 ]
@@ -80,17 +77,6 @@ def _dense_depthwise(*, features: int, kernel_size, use_bias: bool = True, dtype
     del features
     return DepthwiseConv2D(kernel_size, use_bias=use_bias, dtype=dtype,
                            implementation=implementation, name=name)
-
-
-def _torch_layout_depthwise(*, features: int, kernel_size, use_bias: bool = True,
-                            dtype=jnp.float32, implementation=None, name=None) -> nn.Module:
-    """A grouped ``nn.Conv`` holding the kernel as ``[kh, kw, 1, C]`` (timm's ``[C, 1, kh, kw]``
-    transposed): used only to name and shape timm keys during conversion."""
-    del implementation
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    return nn.Conv(features, (kh, kw), padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
-                   feature_group_count=features, use_bias=use_bias, dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
 
 
 #: Depthwise-conv layers selectable by name (``dw_conv`` also takes a factory).
@@ -281,64 +267,14 @@ class ConvNeXt(nn.Module):
 # ------------------------------------------------------------------------- field validation
 
 
-def positive_ints(field: str, values) -> tuple[int, ...]:
-    """``values`` (an int or a sequence) as a tuple of positive ints, else ValueError."""
-    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0
-                         for v in values):
-        raise ValueError(f"{field} must be positive ints, got {values!r}")
-    return tuple(int(v) for v in values)
-
-
 def check_positive_number(field: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{field} must be a positive number, got {value!r}")
 
 
-def check_rate(field: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{field} must be a float in [0, 1), got {value!r}")
-
-
 def check_implementation(value) -> None:
     if value not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {list(IMPLEMENTATIONS)}, got {value!r}")
-
-
-# --------------------------------------------------------------------------- timm conversion
-
-
-def depthwise_timm_family(dw_module_names: Sequence[str], **rule_kwargs) -> TimmFamily:
-    """A :class:`TimmFamily` for models with a ``dw_conv`` field whose depthwise convs (Flax
-    modules named in ``dw_module_names``) hold ``[kh, kw, C]`` kernels.
-
-    The key plan is taken from the twin ``model.clone(dw_conv=<grouped nn.Conv>)``, whose
-    kernels are ``[kh, kw, 1, C]`` (timm's ``[C, 1, kh, kw]`` in PyTorch layout), and the
-    converted kernels are squeezed back to ``[kh, kw, C]``.
-    """
-    names = frozenset(dw_module_names)
-
-    def unrolled(model):
-        if model.dw_conv != "dense":
-            raise ValueError(f"from_timm: only dw_conv='dense' models have timm weights, got "
-                             f"dw_conv={model.dw_conv!r}")
-        return model.clone(dw_conv=_torch_layout_depthwise)
-
-    def to_model_layout(variables, model):
-        del model
-
-        def squeeze(path, value):
-            if len(path) >= 2 and path[-2] in names and path[-1] == "kernel" and value.ndim == 4:
-                return value.reshape(value.shape[:2] + value.shape[3:])
-            return value
-
-        return {col: unflatten_dict({k: squeeze(k, v) for k, v in flatten_dict(tree).items()})
-                for col, tree in variables.items()}
-
-    return TimmFamily(unrolled=unrolled, to_model_layout=to_model_layout, **rule_kwargs)
-
-
-register_timm_family("convnext", depthwise_timm_family(("conv_dw",)))
 
 
 # --------------------------------------------------------------------------------- registry

@@ -21,7 +21,7 @@ timm's ``state_dict`` with the ``features.`` prefix dropped and ``.`` read as ``
 
 so timm's ``features.denseblock1.denselayer1.norm1.weight`` is
 ``params/denseblock1/denselayer1/norm1/scale`` (the ``densenet`` rule of
-:mod:`jaxconv.convert`, registered below, adds the prefix back). Stage outputs are sown as
+:mod:`jaxconv.convert` adds the prefix back). Stage outputs are sown as
 ``intermediates/stage{i}``: for ImageNet models timm's five feature stages (strides 2, 4, 8, 16,
 32: norm0's output before the pool, the outputs of dense blocks 1-3 before their transition, and
 norm5's output); for CIFAR models the end of each resolution (dense blocks 1..n-1, then norm5).
@@ -49,7 +49,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import batch_norm, canonical_dtype, conv2d, dense
 from jaxconv.models.checks import check_choice, positive_ints
 from jaxconv.registry import register_model
@@ -225,10 +224,6 @@ class DenseNet(nn.Module):
 
 
 # --------------------------------------------------------------------------------- registry
-
-# timm keeps everything but the classifier in an nn.Sequential called ``features``.
-register_timm_family("densenet", TimmFamily(
-    renames=((r"^(conv0|norm0|denseblock\d+|transition\d+|norm5)\b", r"features/\1"),)))
 
 _PAPER = ("Huang et al. 2017, Densely Connected Convolutional Networks, arXiv:1608.06993")
 

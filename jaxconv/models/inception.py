@@ -52,7 +52,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import BN_MOMENTUM, canonical_dtype
 from jaxconv.models.checks import positive_ints
 from jaxconv.registry import register_model
@@ -317,10 +316,6 @@ class InceptionV3(nn.Module):
             return logits, jnp.asarray(aux, jnp.float32)
         return logits
 
-
-# timm key = Flax path with '/' read as '.': names like ``branch3x3_1`` keep their ``_1`` (no
-# nn.Sequential indices in this model).
-register_timm_family("inception", TimmFamily(index_suffixes=False))
 
 _PAPER = ("Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision, "
           "arXiv:1512.00567")

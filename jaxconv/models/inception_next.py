@@ -39,16 +39,13 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.convert.timm import register_timm_family
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, drop_path_rates
+from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.models.convnext import (
     _resolve_dw_conv,
     check_implementation,
     check_positive_number,
-    check_rate,
-    depthwise_timm_family,
     layer_norm,
-    positive_ints,
     trunc_normal_init,
 )
 from jaxconv.registry import register_model
@@ -283,10 +280,6 @@ class _MetaNeXtStage(nn.Module):
                               dtype=self.dtype, train=self.train, name=f"blocks_{j}")(
                 x, self.drop_path_rates[j])
         return x
-
-
-register_timm_family("inception_next",
-                     depthwise_timm_family(("dwconv_hw", "dwconv_w", "dwconv_h")))
 
 
 # --------------------------------------------------------------------------------- registry

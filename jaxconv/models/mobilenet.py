@@ -22,7 +22,7 @@ Parameter layout (``batch_stats`` mirrors the BatchNorms), 1:1 with timm's state
 
     conv_stem, bn1                        stem (timm ``conv_stem``, ``bn1``)
     blocks_{s}_{b}/conv_dw, bn1,          block b of stage s (timm ``blocks.{s}.{b}.conv_dw``...):
-                  conv_pw, bn2            depthwise kernel [3, 3, 1, C], pointwise [1, 1, C, C']
+                  conv_pw, bn2            depthwise kernel [3, 3, C], pointwise [1, 1, C, C']
     classifier                            linear (kernel [C, num_classes], bias)
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import (batch_norm, canonical_dtype, conv2d, dense, kaiming_normal_fan_out,
-                            matmul_conv)
+from jaxconv.layers import (DepthwiseConv2D, batch_norm, canonical_dtype, conv2d, dense,
+                            kaiming_normal_fan_out, matmul_conv)
 from jaxconv.registry import register_model
 
 __all__ = ["DepthwiseSeparable", "MobileNetV1", "resolution", "round_channels"]
@@ -45,8 +45,8 @@ STEM_WIDTH = 32
 #: The paper's input sizes (Table 7): rho = 1, 6/7, 5/7, 4/7 of 224.
 PAPER_RESOLUTIONS = (224, 192, 160, 128)
 
-#: He-normal over the 3x3 taps of one channel (fan_in = 9 for a depthwise kernel [3, 3, 1, C];
-#: timm's fan_out // groups is the same 9).
+#: He-normal over the 3x3 taps of one channel (fan_in = 9: DepthwiseConv2D calls it with the
+#: grouped shape [3, 3, 1, C]; timm's fan_out // groups is the same 9).
 _depthwise_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
@@ -75,11 +75,9 @@ class DepthwiseSeparable(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        channels = x.shape[-1]
-        x = nn.Conv(channels, (3, 3), strides=(self.strides, self.strides),
-                    padding=((1, 1), (1, 1)), feature_group_count=channels, use_bias=False,
-                    dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_depthwise_init,
-                    name="conv_dw")(x)
+        # Padding 1 on both sides (PyTorch's), also at stride 2.
+        x = DepthwiseConv2D(3, strides=self.strides, use_bias=False, dtype=self.dtype,
+                            kernel_init=_depthwise_init, name="conv_dw")(x)
         x = nn.relu6(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         # The pointwise conv is a matmul over pixels: computed as one (XLA:CPU runs 1x1 convs
         # on the small late-stage maps far slower; see jaxconv.layers.matmul_conv).

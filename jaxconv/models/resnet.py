@@ -45,7 +45,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxconv.convert.timm import TimmFamily, register_timm_family
 from jaxconv.layers import (
     ECA,
     DropPath,
@@ -253,6 +252,20 @@ BLOCKS: dict[str, type[_Block]] = {
 }
 
 
+def block_class(block) -> type:
+    """The block class ``block`` names (a :data:`BLOCKS` key) or is (a module class that has the
+    ``expansion`` and ``preact`` class attributes of :class:`_Block`)."""
+    if isinstance(block, type):
+        if not (issubclass(block, nn.Module) and hasattr(block, "expansion")
+                and hasattr(block, "preact")):
+            raise ValueError(f"block class {block.__qualname__} must be a flax.linen.Module with "
+                             "the 'expansion' and 'preact' class attributes (subclass one of "
+                             f"{[c.__name__ for c in BLOCKS.values()]})")
+        return block
+    check_choice("block", block, BLOCKS)
+    return BLOCKS[block]
+
+
 def _avg_pool_ceil(x, stride: int):
     """``stride`` x ``stride`` average pool, ceil mode, padding excluded from the mean
     (PyTorch ``AvgPool2d(s, s, ceil_mode=True, count_include_pad=False)``)."""
@@ -274,7 +287,8 @@ class ResNet(nn.Module):
     Fields:
       stage_sizes: blocks per stage. Stage 0 has stride 1, later stages stride 2.
       block: one of :data:`BLOCKS` (``basic``, ``bottleneck``, ``preact_basic``,
-        ``preact_bottleneck``).
+        ``preact_bottleneck``) or a block class (a subclass of one of them, or any module
+        with their fields, call signature and ``expansion``/``preact`` class attributes).
       widths: base width per stage (block output = width * expansion).
       base_width: bottleneck blocks' inner width is ``width * base_width // 64`` (64: plain
         ResNet; 128: the wide ResNets ``wide_resnet50_2``/``wide_resnet101_2``, whose blocks
@@ -305,7 +319,7 @@ class ResNet(nn.Module):
     """
 
     stage_sizes: Sequence[int]
-    block: str = "basic"
+    block: Any = "basic"
     widths: Sequence[int] = (64, 128, 256, 512)
     stem: str = "imagenet"
     stem_width: int = 64
@@ -329,16 +343,16 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"stage_sizes {self.stage_sizes} and widths {self.widths} must have equal length"
             )
-        check_choice("block", self.block, BLOCKS)
+        block_cls = block_class(self.block)
         check_choice("stem", self.stem, STEMS)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         positive_ints("stem_width", (self.stem_width,))
         positive_ints("base_width", (self.base_width,))
-        if self.base_width != 64 and BLOCKS[self.block].expansion == 1:
+        if self.base_width != 64 and block_cls.expansion == 1:
             raise ValueError(f"base_width must be 64 for block={self.block!r} (only the bottleneck "
                              f"blocks {[b for b, c in BLOCKS.items() if c.expansion > 1]} have an "
                              f"inner width), got {self.base_width!r}")
-        preact = BLOCKS[self.block].preact
+        preact = block_cls.preact
         if not isinstance(self.avg_down, bool):
             raise ValueError(f"avg_down must be a bool, got {self.avg_down!r}")
         if self.avg_down and (preact or self.shortcut != "B"):
@@ -362,7 +376,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        block_cls = BLOCKS[self.block]
+        block_cls = block_class(self.block)
         x = jnp.asarray(x, self.dtype)
 
         # Stem.
@@ -623,26 +637,6 @@ def wide_resnet101_2(**overrides) -> ResNet:
 
 _ECA_PAPER = ("Wang et al. 2020, ECA-Net: Efficient Channel Attention for Deep Convolutional "
               "Neural Networks, arXiv:1910.03151")
-
-
-def _unrolled_twin(model):
-    return model.clone(scan_blocks=False) if getattr(model, "scan_blocks", False) else model
-
-
-def _stack_if_scanned(variables, model):
-    return stack_scanned_blocks(variables) if model.scan_blocks else variables
-
-
-# Their own family (the "resnet" family's tests pin its model list); same key rule as ResNet:
-# ResNet-D shortcuts are named downsample_1/2 already, which the default rule maps to timm.
-register_timm_family(
-    "ecaresnet",
-    TimmFamily(
-        renames=((r"downsample_conv$", "downsample.0"), (r"downsample_bn$", "downsample.1")),
-        unrolled=_unrolled_twin,
-        to_model_layout=_stack_if_scanned,
-    ),
-)
 
 
 @register_model(family="ecaresnet", paper=_ECA_PAPER, input_size=(224, 224, 3), num_classes=1000)

@@ -94,6 +94,29 @@ def test_register_family_validates():
         TimmFamily(renames=(("(unclosed", "x"),))
 
 
+def test_register_family_never_silently_replaces(monkeypatch):
+    monkeypatch.setitem(timm_convert._FAMILIES, "vgg", timm_convert._FAMILIES["vgg"])
+    register_timm_family("vgg")  # the same rule again: a no-op
+    with pytest.raises(ValueError, match="already has a timm rule.*replace=True"):
+        register_timm_family("vgg", TimmFamily(index_suffixes=False))
+    assert timm_convert._FAMILIES["vgg"] == TimmFamily()
+    register_timm_family("vgg", TimmFamily(index_suffixes=False), replace=True)
+    assert timm_convert._FAMILIES["vgg"] == TimmFamily(index_suffixes=False)
+
+
+@pytest.mark.parametrize("name, dw_names", [
+    ("convnext_tiny", {"conv_dw"}), ("inception_next_tiny", {"dwconv_hw", "dwconv_w", "dwconv_h"}),
+    ("mobilenetv1_025", {"conv_dw"}), ("coatnet_0_rw_224", {"conv2_kxk"})])
+def test_depthwise_kernels_found_by_module_type(name, dw_names):
+    """Exactly the DepthwiseConv2D kernels expect timm's [C, 1, kh, kw] (no twin model)."""
+    keys = timm_key_map(name)
+    dw = {path for path, shape in keys.values()
+          if path.endswith("/kernel") and len(shape) == 4 and shape[1] == 1 and shape[2:] != (1, 1)}
+    named = {path for path in (p for p, _ in keys.values())
+             if path.endswith("/kernel") and path.split("/")[-2] in dw_names}
+    assert dw and dw == named
+
+
 def test_family_without_rule(monkeypatch):
     monkeypatch.delitem(timm_convert._FAMILIES, "vgg")
     with pytest.raises(ValueError, match=r"family 'vgg'.*'resnet'"):
@@ -143,9 +166,11 @@ def test_layout_transforms_and_bn_mapping():
     params, stats = variables["params"], variables["batch_stats"]
     np.testing.assert_array_equal(  # conv OIHW -> HWIO
         params["conv_stem"]["kernel"], state["conv_stem.weight"].transpose(2, 3, 1, 0))
-    dw = params["blocks_1_0"]["conv_dw"]["kernel"]  # depthwise [C, 1, kh, kw] -> [kh, kw, 1, C]
-    assert dw.shape == (3, 3, 1, 32)
-    np.testing.assert_array_equal(dw[1, 2, 0, 5], state["blocks.1.0.conv_dw.weight"][5, 0, 1, 2])
+    # DepthwiseConv2D (found by module type): [C, 1, kh, kw] -> [kh, kw, C]
+    dw = params["blocks_1_0"]["conv_dw"]["kernel"]
+    assert dw.shape == (3, 3, 32)
+    np.testing.assert_array_equal(dw, state["blocks.1.0.conv_dw.weight"][:, 0].transpose(1, 2, 0))
+    np.testing.assert_array_equal(dw[1, 2, 5], state["blocks.1.0.conv_dw.weight"][5, 0, 1, 2])
     np.testing.assert_array_equal(  # linear [out, in] -> [in, out]
         params["classifier"]["kernel"], state["classifier.weight"].T)
     bn = "blocks.3.2.bn2"

@@ -189,11 +189,15 @@ def test_bad_fields_raise(field, value):
 
 
 def test_from_timm_refuses_injected_dw_conv():
-    from jaxconv.convert import from_timm
+    """timm's weights do not fit another depthwise layer: every mismatched key is named."""
+    from jaxconv.convert import from_timm, timm_key_map
 
+    state = {k: np.zeros(shape, np.float32) for k, (_, shape) in
+             timm_key_map("convnext_tiny").items()}
     model = jaxconv.create_model("convnext_tiny", dw_conv=_RecordingDepthwise)
-    with pytest.raises(ValueError, match="dw_conv"):
-        from_timm("convnext_tiny", {}, model=model)
+    with pytest.raises(ValueError, match=r"(?s)missing keys \(18\): stages\.0\.blocks\.0\.conv_dw"
+                                         r"\.taps.*unexpected keys \(36\):.*conv_dw\.weight"):
+        from_timm("convnext_tiny", state, model=model)
 
 
 def test_bfloat16_compute():

@@ -14,10 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import jaxconv
 from jaxconv.analysis import count_macs, count_params, init_variables
+from jaxconv.layers import DepthwiseConv2D
 from jaxconv.models import mobilenet
 from tests.helpers import compile_fast
 
@@ -123,11 +125,25 @@ def test_timm_names_and_layout():
     blocks = [f"blocks_{s}_{b}" for s, n in enumerate((1, 2, 2, 6, 2)) for b in range(n)]
     assert set(params) == {"conv_stem", "bn1", "classifier", *blocks}
     assert params["conv_stem"]["kernel"].shape == (3, 3, 3, 32)
-    assert params["blocks_3_0"]["conv_dw"]["kernel"].shape == (3, 3, 1, 256)  # depthwise
+    # Depthwise on jaxconv.layers.DepthwiseConv2D: [kh, kw, C] (the converter maps timm's
+    # [C, 1, kh, kw] by module type).
+    assert params["blocks_3_0"]["conv_dw"]["kernel"].shape == (3, 3, 256)
     assert params["blocks_3_0"]["conv_pw"]["kernel"].shape == (1, 1, 256, 512)
     assert set(params["blocks_3_0"]) == {"conv_dw", "bn1", "conv_pw", "bn2"}
     assert params["classifier"]["kernel"].shape == (1024, 1000)
     assert "bias" not in params["conv_stem"] and "bias" not in params["blocks_0_0"]["conv_pw"]
+
+
+def test_depthwise_init_unchanged_from_grouped_conv():
+    """conv_dw's init draws what the former nn.Conv(feature_group_count=C) drew (same key)."""
+    x = jnp.zeros((1, 8, 8, 24))
+    key = jax.random.key(3)
+    grouped = nn.Conv(24, (3, 3), feature_group_count=24, use_bias=False,
+                      kernel_init=mobilenet._depthwise_init).init(key, x)["params"]["kernel"]
+    dw = DepthwiseConv2D(3, use_bias=False, kernel_init=mobilenet._depthwise_init).init(
+        key, x)["params"]["kernel"]
+    assert grouped.shape == (3, 3, 1, 24) and dw.shape == (3, 3, 24)
+    np.testing.assert_array_equal(dw, grouped[:, :, 0, :])
 
 
 @pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv1_025"])
