@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "COST_AXES", "format_table", "group_rows", "plot_comparison", "plot_learning_curves",
-    "plot_metric_vs_cost", "plot_scaling", "value_label",
+    "plot_metric_vs_cost", "plot_scaling", "plot_versus", "value_label",
 ]
 
 #: (row key, axis label) of the cost measures the report plots a metric against.
@@ -256,3 +256,33 @@ def plot_scaling(rows: list[dict], path: str, *, group: str, shared: str | None 
     fig.suptitle(title or f"scaling by {_short(group)}")
     return _save(fig, path)
 
+
+def plot_versus(rows: list[dict], path: str, *, x: str, lines: str,
+                metric: str = "best_eval_top1", title: str = "") -> str:
+    """The metric, train throughput, FLOPs and parameters against a swept numeric field ``x``
+    (e.g. the sequence length of the long-range sweep), one line per value of ``lines`` (e.g.
+    the model); log-2 x axis when ``x`` spans more than a factor of 4."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.get("status") == "ok" and _finite(r.get(x))]
+    panels = [(metric, _METRIC_LABELS.get(metric, metric)),
+              ("train_images_per_sec", "train examples / s"),
+              ("flops", "forward FLOPs / example"), ("params", "parameters")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8),
+                             layout="constrained")
+    xs_all = [r[x] for r in rows]
+    for (value,), members in group_rows(rows, [lines]).items():
+        members = sorted(members, key=lambda r: r[x])
+        for ax, (key, _) in zip(axes, panels):
+            pts = [(r[x], r[key]) for r in members if _finite(r.get(key))]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=value)
+    for ax, (key, label) in zip(axes, panels):
+        if xs_all and max(xs_all) > 4 * min(xs_all) > 0:
+            ax.set_xscale("log", base=2)
+        if key != metric and any(_finite(r.get(key)) and r[key] > 0 for r in rows):
+            ax.set_yscale("log")
+        ax.set(xlabel=_short(x), ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"{_METRIC_LABELS.get(metric, metric)} and costs vs {_short(x)}")
+    return _save(fig, path)

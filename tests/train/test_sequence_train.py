@@ -106,3 +106,33 @@ def test_bad_sequence_configs_fail_validation(field, value, match):
     (c[parent] if parent else c)[leaf] = value
     with pytest.raises(ValueError, match=match):
         train.validate_config(c)
+
+
+@pytest.mark.parametrize("arg", ["", ":runlocal"])
+def test_long_range_sweep_fits_every_model_to_every_task(arg):
+    from jaxconv import data
+    from jaxconv.train.sweep import expand_runs, load_sweep
+    spec = load_sweep(os.path.join(os.path.dirname(__file__), "..", "..", "experiments",
+                                   "configs", "sweeps", "long_range.py" + arg))
+    runs = expand_runs(spec.base, spec.grid)  # validates every run's config
+    assert {"tcn_tiny", "seq_attention_tiny"} <= {r.config.model for r in runs}
+    for run in runs:
+        info = data.dataset_info(run.config.dataset)
+        overrides = run.config.model_overrides
+        assert run.values["label.length"] == info.image_shape[0]
+        if info.task == "per_position":
+            assert overrides.vocab_size == info.vocab_size and overrides.pool == "none"
+        else:
+            assert "vocab_size" not in overrides and overrides.get("pool") != "none"
+        if "max_len" in overrides:
+            assert overrides.max_len == info.image_shape[0]
+
+
+def test_plot_versus_length(tmp_path):
+    from jaxconv.analysis.plots import plot_versus
+    rows = [{"status": "ok", "model": m, "label.length": n, "best_eval_top1": a,
+             "train_images_per_sec": 1e4 / n, "flops": 1e3 * n, "params": 1000}
+            for m, a in (("tcn", 0.5), ("hyena", 0.9)) for n in (256, 1024, 4096)]
+    rows.append({"status": "failed", "model": "x", "label.length": 64})
+    path = plot_versus(rows, str(tmp_path / "v.png"), x="label.length", lines="model")
+    assert os.path.getsize(path) > 1000
