@@ -24,8 +24,11 @@ Paths (``implementation``):
   kernels (``reference.direct_conv``, differentiated by JAX) or the FFT (``xla_fft.py``: ``rfft``
   at a 2-3-5-smooth length ``N >= L + max(Lk - 1 - c, c)``, float32 math, ``custom_vjp`` reusing the
   forward's spectra).
-* ``"pallas"``: the FFT as DFT-matrix matmuls in Pallas kernels (when built).
-* ``None``: the fastest correct XLA formulation for the backend, as measured (``tuning.py``).
+* ``"pallas"``: the FFT as DFT-matrix matmuls in Pallas TPU kernels (``pallas_tpu.py``: the
+  Monarch / FlashFFTConv decomposition; interpreted on CPU), through the same ``custom_vjp``;
+  transforms up to N = 8192 (VMEM); no GPU kernel yet. Under a mesh, per batch shard.
+* ``None``: the fastest correct XLA formulation for the backend, as measured (``tuning.py``);
+  never Pallas (its kernels have not been timed on hardware).
 
 Every path computes in float32 and rounds once to ``u.dtype``; gradients come back in each
 argument's dtype.
@@ -80,9 +83,25 @@ def check_arguments(u, k, *, causal=True, bias=None, pregate=None, postgate=None
                              f"dtype {getattr(gate, 'dtype', type(gate))}")
 
 
-def choose_implementation(implementation: str | None, length: int, taps: int) -> str:
-    """The path a call takes: "direct", "fft" (both pure XLA) or "pallas"."""
+def choose_implementation(implementation: str | None, length: int, taps: int,
+                          channels: int = 128, causal: bool = True) -> str:
+    """The path a call takes: "direct", "fft" (both pure XLA) or "pallas"; raises for a
+    Pallas call it cannot serve."""
     if implementation == "pallas":
+        target, _ = core.pallas_target()
+        if target != "tpu":
+            raise ValueError("implementation='pallas': fft_conv has only a TPU kernel (run on "
+                             "TPU, or interpreted on CPU), no GPU kernel yet; use "
+                             "implementation=None or 'xla'")
+        from kernels_pallas.fft_conv import pallas_tpu
+        n = pallas_tpu.transform_length(length, taps, causal)
+        need = pallas_tpu.vmem_bytes(n, length, channels)
+        if need > tuning.tpu_blocks().vmem_limit_bytes:
+            raise ValueError(
+                f"implementation='pallas': L={length}, Lk={taps} needs a transform of N={n}, "
+                f"whose blocks do not fit the TPU kernel's VMEM ({need} bytes > "
+                f"vmem_limit_bytes={tuning.tpu_blocks().vmem_limit_bytes}; N <= 8192 fits at "
+                "128 channels per block); use implementation=None or 'xla'")
         return "pallas"
     return "fft" if tuning.xla_plan().use_fft(taps) else "direct"
 
@@ -109,12 +128,23 @@ def fft_conv(u, k, *, causal: bool = True, bias=None, pregate=None, postgate=Non
     batch, length, channels = u.shape
     if batch == 0 or channels == 0:
         return jnp.zeros(u.shape, u.dtype)
-    path = choose_implementation(implementation, length, k.shape[1])
+    path = choose_implementation(implementation, length, k.shape[1], channels, causal)
     if path == "direct":
         # The reference is the direct sum; JAX differentiates it.
         return fft_conv_reference(u, k, causal=causal, bias=bias, pregate=pregate,
                                   postgate=postgate)
     if path == "fft":
-        return xla_fft.fft_conv_xla(u, k, bias, pregate, postgate, causal)
-    raise NotImplementedError("implementation='pallas' for fft_conv is not built yet; use "
-                              "implementation=None or 'xla'")
+        return xla_fft.fft_conv_spectral(u, k, bias, pregate, postgate, causal, xla_fft.XLA)
+    from kernels_pallas.fft_conv import pallas_tpu
+    _, interpret = core.pallas_target()
+    # Under a mesh the kernels run per batch shard; the optional gates travel with u.
+    gates = [g for g in (pregate, postgate) if g is not None]
+
+    def run(u, *rest):
+        gate_values = iter(rest[:len(gates)])
+        pre = None if pregate is None else next(gate_values)
+        post = None if postgate is None else next(gate_values)
+        k, bias = rest[len(gates):]
+        return pallas_tpu.fft_conv_pallas(u, k, bias, pre, post, causal, interpret)
+
+    return core.shard_batch(run, [u, *gates], [k, bias])

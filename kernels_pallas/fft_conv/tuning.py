@@ -32,6 +32,24 @@ class XlaPlan:
         return taps >= self.fft_min_taps
 
 
+@dataclasses.dataclass(frozen=True)
+class TpuBlocks:
+    """Mosaic TPU kernel limits (``pallas_tpu.py``): the VMEM a program may use. Channels go
+    128 lanes per program; the transform length sets the rest (``pallas_tpu.vmem_bytes``)."""
+    vmem_limit_bytes: int = 48 * 1024 * 1024
+
+    def __post_init__(self):
+        _positive("TpuBlocks", vmem_limit_bytes=self.vmem_limit_bytes)
+
+
+#: 48 MiB: below the 64 MiB per core of v7x (v5e/v6e have 128 MiB). Untimed.
+TPU_BLOCKS = {"default": TpuBlocks()}
+
+
+def tpu_blocks() -> TpuBlocks:
+    return lookup_tuning(TPU_BLOCKS)
+
+
 #: Placeholder until the CPU crossover is measured.
 XLA_PLANS = {"default": XlaPlan(fft_min_taps=16)}
 

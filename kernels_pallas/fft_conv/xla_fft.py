@@ -95,29 +95,35 @@ def kernel_grad_hits(bad_w, bad_v, taps: int, causal: bool):
 
 
 # ------------------------------------------------------------------------------- spectra
-def signal_spectrum(x, n: int, offset: int = 0):
-    """rfft along L of float32 ``x`` [B, L, H] placed at ``offset`` in a length-``n`` frame."""
-    x = jnp.pad(x, ((0, 0), (offset, n - offset - x.shape[1]), (0, 0)))
-    return jnp.fft.rfft(x, axis=1)
+class XlaSpectra:
+    """The spectral operations of the convolution, by XLA's ``rfft`` (a spectrum is a complex
+    [B, N // 2 + 1, H] array). ``pallas_tpu.PallasSpectra`` has the same methods with its own
+    spectrum layout, so the ``custom_vjp`` below serves both paths."""
+
+    def length(self, length: int, taps: int, causal: bool) -> int:
+        return fft_length(length, taps, causal)
+
+    def spectrum(self, x, n: int, offset: int = 0):
+        """Spectrum of float32 ``x`` [B, L', H] placed at ``offset`` in a length-``n`` frame."""
+        x = jnp.pad(x, ((0, 0), (offset, n - offset - x.shape[1]), (0, 0)))
+        return jnp.fft.rfft(x, axis=1)
+
+    def multiply(self, a, b, conjugate_b: bool = False):
+        return a * (jnp.conj(b) if conjugate_b else b)
+
+    def sum_batch(self, a):
+        return jnp.sum(a, axis=0, keepdims=True)
+
+    def inverse(self, a, n: int, offset: int, length: int):
+        """Rows ``[offset, offset + length)`` of the inverse transform (float32 [B, length, H])."""
+        return lax.slice_in_dim(jnp.fft.irfft(a, n=n, axis=1), offset, offset + length, axis=1)
+
+    def convolve(self, x, k_spec, n: int, offset: int, length: int):
+        """``inverse(spectrum(x) * k_spec)``: the forward when it is not differentiated."""
+        return self.inverse(self.multiply(self.spectrum(x, n), k_spec), n, offset, length)
 
 
-def kernel_spectrum(k, n: int):
-    """rfft of float32 ``k`` [H, Lk] zero-padded to ``n``, as [n // 2 + 1, H]."""
-    return jnp.fft.rfft(k.T, n=n, axis=0)
-
-
-def conv_from_spectra(v_spec, k_spec, n: int, c: int, length: int):
-    return lax.slice_in_dim(jnp.fft.irfft(v_spec * k_spec, n=n, axis=1), c, c + length, axis=1)
-
-
-def input_grad_from_spectra(w_spec, k_spec, n: int, length: int):
-    return lax.slice_in_dim(jnp.fft.irfft(w_spec * jnp.conj(k_spec), n=n, axis=1), 0, length,
-                            axis=1)
-
-
-def kernel_grad_from_spectra(w_spec, v_spec, n: int, taps: int):
-    corr = jnp.fft.irfft(jnp.sum(w_spec * jnp.conj(v_spec), axis=0), n=n, axis=0)
-    return corr[:taps].T
+XLA = XlaSpectra()
 
 
 # ---------------------------------------------------------------------------- custom_vjp
@@ -126,37 +132,63 @@ def _gate(u, pregate):
     return v if pregate is None else v * pregate.astype(F32)
 
 
-def _conv_fwd(u, k, bias, pregate, postgate, causal):
+def _kernel_spectrum(spectra, k0, n):
+    return spectra.spectrum(k0.T[None], n)  # [1, ., H]: broadcasts over the batch
+
+
+def _skip(z, bias, v):
+    return z if bias is None else z + bias.astype(F32) * v
+
+
+def _post(z, postgate):
+    return z if postgate is None else z * postgate.astype(F32)
+
+
+def _conv(u, k, bias, pregate, postgate, causal, spectra):
+    """The forward alone: one fused convolution (no spectrum kept)."""
     length, taps = u.shape[1], k.shape[1]
-    n, c = fft_length(length, taps, causal), centre(taps, causal)
+    n, c = spectra.length(length, taps, causal), centre(taps, causal)
     v = _gate(u, pregate)
     bad_v, v0 = _nonfinite(v)
     bad_k, k0 = _nonfinite(k.astype(F32))
-    v_spec, k_spec = signal_spectrum(v0, n), kernel_spectrum(k0, n)
-    z = conv_from_spectra(v_spec, k_spec, n, c, length)
+    z = spectra.convolve(v0, _kernel_spectrum(spectra, k0, n), n, c, length)
     z = _masked(z, jnp.any(bad_v) | jnp.any(bad_k), lambda: forward_hits(bad_v, bad_k, causal))
-    if bias is not None:
-        z = z + bias.astype(F32) * v
-    y = z if postgate is None else z * postgate.astype(F32)
-    # z (before the post-gate) is what the post-gate's gradient needs.
+    return _post(_skip(z, bias, v), postgate).astype(u.dtype)
+
+
+def _conv_fwd(u, k, bias, pregate, postgate, causal, spectra):
+    length, taps = u.shape[1], k.shape[1]
+    n, c = spectra.length(length, taps, causal), centre(taps, causal)
+    v = _gate(u, pregate)
+    bad_v, v0 = _nonfinite(v)
+    bad_k, k0 = _nonfinite(k.astype(F32))
+    v_spec, k_spec = spectra.spectrum(v0, n), _kernel_spectrum(spectra, k0, n)
+    z = spectra.inverse(spectra.multiply(v_spec, k_spec), n, c, length)
+    z = _masked(z, jnp.any(bad_v) | jnp.any(bad_k), lambda: forward_hits(bad_v, bad_k, causal))
+    z = _skip(z, bias, v)
+    y = _post(z, postgate)
+    # z (before the post-gate) is what the post-gate's gradient needs; the spectra are reused
+    # by both gradients.
     return y.astype(u.dtype), (u, k, bias, pregate, postgate, v_spec, k_spec,
                                None if postgate is None else z)
 
 
-def _conv_bwd(causal, residuals, g):
+def _conv_bwd(causal, spectra, residuals, g):
     u, k, bias, pregate, postgate, v_spec, k_spec, z = residuals
     length, taps = u.shape[1], k.shape[1]
-    n, c = fft_length(length, taps, causal), centre(taps, causal)
+    n, c = spectra.length(length, taps, causal), centre(taps, causal)
     g = g.astype(F32)
     w = g if postgate is None else g * postgate.astype(F32)
     v = _gate(u, pregate)
     bad_w, w0 = _nonfinite(w)
     bad_v, bad_k = ~jnp.isfinite(v), ~jnp.isfinite(k)
-    w_spec = signal_spectrum(w0, n, c)
-    dv = input_grad_from_spectra(w_spec, k_spec, n, length)
+    # The output cotangent placed at offset c: both transposes are then correlations at 0.
+    w_spec = spectra.spectrum(w0, n, c)
+    dv = spectra.inverse(spectra.multiply(w_spec, k_spec, conjugate_b=True), n, 0, length)
     dv = _masked(dv, jnp.any(bad_w) | jnp.any(bad_k), lambda: input_grad_hits(bad_w, bad_k,
                                                                              causal))
-    dk = kernel_grad_from_spectra(w_spec, v_spec, n, taps)
+    dk = spectra.inverse(spectra.sum_batch(spectra.multiply(w_spec, v_spec, conjugate_b=True)),
+                         n, 0, taps)[0].T
     dk = _masked(dk, jnp.any(bad_w) | jnp.any(bad_v),
                  lambda: kernel_grad_hits(bad_w, bad_v, taps, causal))
     dbias = None
@@ -169,10 +201,11 @@ def _conv_bwd(causal, residuals, g):
     return du.astype(u.dtype), dk.astype(k.dtype), dbias, dpre, dpost
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def fft_conv_xla(u, k, bias, pregate, postgate, causal):
-    """``fft_conv`` by XLA's FFT (arguments already checked; optional ones may be None)."""
-    return _conv_fwd(u, k, bias, pregate, postgate, causal)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def fft_conv_spectral(u, k, bias, pregate, postgate, causal, spectra):
+    """``fft_conv`` through the spectral operations of ``spectra`` (``XLA`` or a Pallas one);
+    arguments already checked, optional ones may be None."""
+    return _conv(u, k, bias, pregate, postgate, causal, spectra)
 
 
-fft_conv_xla.defvjp(_conv_fwd, _conv_bwd)
+fft_conv_spectral.defvjp(_conv_fwd, _conv_bwd)
