@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxconv.models.bytenet import ByteNet
+from jaxconv.models.ccnn import CCNN
 from jaxconv.models.tcn import TCN
 from jaxconv.models.ucr import UCRFCN
 from jaxconv.streaming import init_cache, step, stream
@@ -83,6 +84,20 @@ def test_bytenet_token_stream_equals_full_forward():
     full = run_jitted(model.apply, variables, x)
     ys, _ = run_jitted(lambda v, x: stream(model, v, x), variables, x)
     np.testing.assert_allclose(ys, full, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_ccnn_stream_equals_full_forward():
+    # Continuous kernels as long as the sequence (kernel_size = L), BN in eval mode.
+    model = CCNN(num_blocks=1, hidden=6, kernel_hidden=8, omega_0=3.0, mask_init=0.5,
+                 kernel_size=9, num_classes=3, pool="none")
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 9, 2)), jnp.float32)
+    variables = random_variables(model, x)
+    ys, _ = run_jitted(lambda v, x: stream(model, v, x), variables, x)
+    np.testing.assert_allclose(ys, run_jitted(model.apply, variables, x), rtol=1e-4, atol=1e-5)
+    mean = model.clone(pool="mean")  # running mean over the steps so far
+    ys, _ = run_jitted(lambda v, x: stream(mean, v, x), variables, x)
+    np.testing.assert_allclose(ys[:, -1], run_jitted(mean.apply, variables, x), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_models_that_cannot_stream_say_why():

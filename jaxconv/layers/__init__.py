@@ -3,6 +3,7 @@
 from jaxconv.layers import reparam
 from jaxconv.layers.attention import MultiHeadAttention, RelativePositionBias
 from jaxconv.layers.binary import BinaryConv2D
+from jaxconv.layers.ckconv import CKConv, KernelNet
 from jaxconv.layers.condconv import CondConv2D
 from jaxconv.layers.conv import (
     conv2d,
@@ -31,6 +32,7 @@ __all__ = [
     "BinaryConv2D",
     "ByteNetBlock",
     "COMPUTE_DTYPES",
+    "CKConv",
     "CondConv2D",
     "ConvBN",
     "DclsDepthwiseConv2D",
@@ -41,6 +43,7 @@ __all__ = [
     "ECA",
     "HyenaFilter",
     "HyenaOperator",
+    "KernelNet",
     "LightweightConv",
     "LongConv",
     "MultiHeadAttention",

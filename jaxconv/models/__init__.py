@@ -6,6 +6,7 @@ Add a family by importing its module here.
 from jaxconv.models import (
     allcnn,
     bytenet,
+    ccnn,
     coatnet,
     convnext,
     convnext_dcls,
@@ -33,4 +34,4 @@ from jaxconv.models.resnet import ResNet
 __all__ = ["ResNet", "allcnn", "coatnet", "convnext", "convnext_dcls", "cvt", "densenet",
            "inception", "inception_next", "mobilenet", "nat", "nin", "replknet",
            "residual_stack", "resnet", "unireplknet", "vgg", "wrn",
-           "bytenet", "tcn", "ucr", "seq_attention", "hyena", "long_conv"]
+           "bytenet", "ccnn", "tcn", "ucr", "seq_attention", "hyena", "long_conv"]
