@@ -103,6 +103,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
             aux = None
             if isinstance(logits, tuple):  # (logits, aux_logits)
                 logits, aux = logits
+            _check_outputs("classification", logits, batch["label"])
             loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
             if aux is not None:
                 loss = loss + AUX_LOSS_WEIGHT * cross_entropy(
@@ -180,6 +181,7 @@ def make_eval_step(model, *, num_classes: int, image_size: int | None = None,
     def step(state: TrainState, batch):
         logits = model.apply({"params": state.params, **state.model_state},
                              resize_images(batch["image"], image_size), train=False)
+        _check_outputs("classification", logits, batch["label"])
         mask = batch["mask"].astype(jnp.float32)
         loss = cross_entropy(logits, batch["label"], num_classes)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)

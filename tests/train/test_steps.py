@@ -96,6 +96,20 @@ def test_regression_is_mean_squared_error():
     assert correct is None and weight.tolist() == [1.0, 1.0]
 
 
+def test_per_position_logits_on_a_classification_task_are_refused():
+    # [B, L, K] logits against [B] labels would broadcast silently when B == L.
+    model, tx = PerPosition(), optax.sgd(0.1)
+    x = jnp.zeros((4, 4), jnp.int32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], model_state={},
+                       opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(1))
+    batch = {"image": x, "label": jnp.zeros((4,), jnp.int32), "mask": jnp.ones((4,), bool)}
+    with pytest.raises(ValueError, match="pool='mean' or 'last'"):
+        make_train_step(model, tx, lambda _: 0.1, num_classes=3)(state, batch)
+    with pytest.raises(ValueError, match="pool='mean' or 'last'"):
+        make_eval_step(model, num_classes=3)(state, batch)
+
+
 @pytest.mark.parametrize("task, shape, labels, match", [
     ("per_position", (2, 3), np.zeros((2, 4), np.int32), "pool='none'"),
     ("regression", (2, 3), np.zeros((2, 1), np.float32), "number of targets"),
