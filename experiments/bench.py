@@ -20,7 +20,10 @@ blocks of a stage compiled once (``scan_blocks=True``) and unrolled (``False``).
 
     python -m experiments.bench compile --models resnet56,resnet1202 --scan both
 
-Timing is device-only: warm-up, ``block_until_ready``, median of repeats.
+Timing is device-only: warm-up, ``block_until_ready``, median of repeats. ``--models`` takes
+registered names and ``path/to/file.py:factory`` / ``package.module:factory`` specs whose
+factory is decorated with ``register_model`` (for its input size). Rows are appended to
+``runs/bench/<command>.csv`` unless ``--csv`` names another file.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ import jaxconv
 from jaxconv import analysis
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_train_step
+
+#: Where the CSVs go by default (git-ignored), relative to the working directory.
+RUNS = os.path.join("runs", "bench")
 
 
 def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: str,
@@ -123,6 +129,7 @@ def _fmt(v) -> str:
 
 
 def append_csv(path: str, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -134,7 +141,10 @@ def append_csv(path: str, rows: list[dict]) -> None:
 def _model_list(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     for n in names:
-        jaxconv.model_info(n)  # unknown names fail here, before any compile
+        try:
+            jaxconv.model_info(n)  # unknown names fail here, before any compile
+        except ValueError as err:  # argparse shows this message (a ValueError's it would drop)
+            raise argparse.ArgumentTypeError(str(err)) from None
     return names
 
 
@@ -182,19 +192,24 @@ def main(argv=None) -> list[dict]:
     m.add_argument("--implementations", type=_implementations, default=[None],
                    help="comma-separated kernel paths (xla, pallas, auto) to time for models "
                         "with an `implementation` field")
-    m.add_argument("--csv", default="bench_models.csv")
+    m.add_argument("--csv", default=os.path.join(RUNS, "bench_models.csv"))
     k = sub.add_parser("costs", help="params, FLOPs and activations per model (no timing)")
     k.add_argument("--models", type=_model_list,
                    default="resnet50,densenet121,vgg16,mobilenetv1_100,inception_v3")
     k.add_argument("--image_size", type=int, default=None,
                    help="square input size (default: each model's own)")
-    k.add_argument("--csv", default="bench_costs.csv")
+    k.add_argument("--csv", default=os.path.join(RUNS, "bench_costs.csv"))
     c = sub.add_parser("compile", help="compile time against depth, scanned vs unrolled blocks")
     c.add_argument("--models", type=_model_list, default="resnet20,resnet56,resnet110,resnet1202")
     c.add_argument("--scan", choices=["on", "off", "both"], default="on")
     c.add_argument("--batch_size", type=int, default=8)
-    c.add_argument("--csv", default="bench_compile.csv")
+    c.add_argument("--csv", default=os.path.join(RUNS, "bench_compile.csv"))
     args = parser.parse_args(argv)
+    for name in args.models:  # bad overrides: the registry's message, before any compile
+        try:
+            jaxconv.create_model(name, **getattr(args, "model_overrides", {}))
+        except ValueError as err:
+            parser.error(str(err))
 
     print(f"device: {analysis.device_name()}  jax {jax.__version__}")
     rows = []

@@ -3,14 +3,19 @@
 Writes DIR/metrics.jsonl, DIR/final_metrics.json and orbax checkpoints under DIR/checkpoints;
 re-running the same command resumes from the latest checkpoint. Override any config field with
 ``--config.FIELD=value`` (e.g. ``--config.model=resnet56 --config.batch_size=256``).
+``config.model`` is a registered name (``python -m experiments.list models``), or a factory
+outside the registry: ``--config.model=path/to/my_model.py:factory`` or ``package.module:factory``
+(called with num_classes, dtype and config.model_overrides; returns a Flax Linen module).
 
 Multi-process: pass ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` in every
 process, or ``--distributed`` on Cloud TPU pod slices (and other clusters JAX detects itself).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -18,12 +23,38 @@ from ml_collections import config_flags
 
 from experiments import distributed_flags
 
+
+def _config_fields() -> str:
+    """The training config fields and their defaults, for ``--help``. jaxconv/train/config.py is
+    loaded by path: importing the jaxconv package (JAX, every model) would make --help slow."""
+    root = importlib.util.find_spec("jaxconv").submodule_search_locations[0]
+    spec = importlib.util.spec_from_file_location(
+        "_train_config_for_help", os.path.join(root, "train", "config.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def lines(config, prefix):
+        for key, value in config.items():
+            if hasattr(value, "items") and len(value):
+                yield from lines(value, f"{prefix}{key}.")
+            elif hasattr(value, "items"):  # model_overrides: open, checked against the model
+                yield f"  --config.{prefix}{key}.FIELD=VALUE  (any field of the model)"
+            else:
+                yield f"  --config.{prefix}{key}={value!r}"
+
+    return "\n".join(lines(module.default_config(), ""))
+
+
+__doc__ += ("\nConfig fields (--config.FIELD=VALUE; defaults of jaxconv/train/config.py, which a "
+            f"config file changes):\n{_config_fields()}\n")
+
 # New attributes are accepted so that --config.model_overrides.FIELD=V works; every key is then
 # checked against the schema by train.validate_config before anything runs.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (Python).",
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.adopt_module_key_flags(distributed_flags)  # --help lists the multi-process flags too
 
 
 def main(argv):
@@ -35,7 +66,11 @@ def main(argv):
 
     distributed_flags.initialize()
     config = _CONFIG.value
-    train.validate_config(config)
+    try:
+        train.validate_config(config)
+    except ValueError as err:  # bad config: the library's own message, in one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     summary = train.train_and_evaluate(config, _WORKDIR.value)
     import jax
     if jax.process_index() == 0:

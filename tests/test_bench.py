@@ -27,9 +27,25 @@ def test_costs_rows_match_analysis(tmp_path, capsys):
     assert "device:" in capsys.readouterr().out
 
 
-def test_unknown_model_fails_before_any_work(tmp_path):
+def test_unknown_model_fails_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        bench.main(["costs", "--models", "resnet21", "--csv", str(tmp_path / "x.csv")])
+        bench.main(["costs", "--models", "resnet_20", "--csv", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err  # the registry's own message, with its close matches
+    assert "Unknown model 'resnet_20'. Did you mean 'resnet20'" in err
+    assert "Traceback" not in err and not (tmp_path / "x.csv").exists()
+
+
+def test_bad_override_fails_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["models", "--models", "resnet20", "--model_overrides", "depth=3"])
+    assert "unknown override(s) ['depth']" in capsys.readouterr().err
+
+
+def test_csv_defaults_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bench.main(["costs", "--models", "resnet20"])
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.csv")] == [
+        "runs/bench/bench_costs.csv"]
 
 
 def test_models_times_each_implementation_of_models_that_have_one(tmp_path, monkeypatch):
