@@ -12,6 +12,7 @@ from jaxconv.analysis.erf import (
     area_ratios,
     effective_receptive_field,
     erf_heatmap,
+    field_centre,
     high_contribution_area_ratio,
 )
 
@@ -56,6 +57,63 @@ def test_support_of_conv_stacks(kernels, side):
     assert extent == (side, side)
     assert corner == (6 - side // 2, 6 - side // 2)
     assert np.count_nonzero(erf) == side * side  # no holes either
+
+
+class StridedStack(nn.Module):
+    """Two 3x3/2 convs with PyTorch's symmetric padding (ResNet's stem geometry): output pixel
+    i is centred on input pixel 4i, not on the middle of its 4x4 cell."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for _ in range(2):
+            x = nn.Conv(2, (3, 3), strides=2, padding=((1, 1), (1, 1)))(x)
+        self.sow("intermediates", "stage0", x)
+        return x.mean(axis=(1, 2))
+
+
+def test_even_stride_field_is_moved_to_the_middle_pixel():
+    """At 20x20 the stage map is 5x5; its central pixel (2, 2) sees input rows/cols 5..11
+    (centre 8). Centring moves that 7x7 field to rows/cols 7..13 (centre 10 = 20 // 2)."""
+    model = StridedStack()
+    variables = random_variables(model, (1, 20, 20, 2))
+    raw = effective_receptive_field(model, variables, (20, 20, 2), num_inputs=1, centre=False)
+    assert support(raw) == ((7, 7), (5, 5)) and field_centre(raw) == (8, 8)
+    erf = effective_receptive_field(model, variables, (20, 20, 2), num_inputs=1)
+    assert support(erf) == ((7, 7), (7, 7)) and field_centre(erf) == (10, 10)
+    np.testing.assert_allclose(erf[7:14, 7:14], raw[5:12, 5:12], rtol=1e-6)  # moved, not changed
+
+
+def test_field_centre_of_fields_larger_than_the_map():
+    """Truncated by the borders, a field is still found at its centre (a centroid is not)."""
+    x = np.arange(96.0)
+    rows, cols = np.exp(-((x - 32) / 40) ** 2), np.exp(-((x - 47.5) / 40) ** 2)
+    erf = np.outer(rows, cols)
+    assert field_centre(erf, (32, 32)) == (32, 48)
+    assert abs((rows * x).sum() / rows.sum() - 32) > 5  # the centroid is pulled inwards
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny"])
+def test_erf_of_imagenet_models_centred(name):
+    """ResNet-50's stride-32 field at 96x96 is centred on pixel 32 (its 7x7/2 stem centres
+    output i on input 2i); ConvNeXt-T's 4x4/4 patchify stem centres it at 47.5. Both end up at
+    the middle pixel 48."""
+    import jaxconv
+    from flax.traverse_util import flatten_dict, unflatten_dict
+    from jaxconv.analysis import init_variables
+
+    model = jaxconv.create_model(name)
+    rng = np.random.default_rng(0)
+    flat = flatten_dict(init_variables(model, (1, 96, 96, 3)))
+    variables = unflatten_dict({  # fan-in scaled normal weights, unit BN/LN scales, no biases
+        k: jnp.asarray(np.ones(v.shape) if k[-1] in ("var", "scale") else
+                       rng.standard_normal(v.shape) / np.sqrt(np.prod(v.shape[:-1]))
+                       if len(v.shape) > 1 else np.zeros(v.shape), v.dtype)
+        for k, v in flat.items()})
+    raw = effective_receptive_field(model, variables, (96, 96, 3), num_inputs=2, centre=False)
+    erf = effective_receptive_field(model, variables, (96, 96, 3), num_inputs=2)
+    assert field_centre(raw, (32, 32)) == {"resnet50": (32, 32), "convnext_tiny": (48, 48)}[name]
+    assert field_centre(erf, (32, 32)) == (48, 48)
 
 
 def test_stage_by_name_or_index():

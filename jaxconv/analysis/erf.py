@@ -11,6 +11,14 @@ by the *high-contribution area ratio*: the area of the smallest centred square h
 fraction t of the total contribution, over the input area (RepLKNet reports t = 20%, 30%, 50%,
 99%; a larger ratio means contributions spread farther from the centre).
 
+Centring: the area ratios count squares around the middle pixel (H // 2, W // 2), but the field
+of a stage's central pixel sits there only for some stems: a stride-2 conv with PyTorch padding
+(ResNet's 7x7/2, pad 3) centres output pixel i on input pixel 2i, so ResNet-50's stride-32 field
+at 160x160 is centred near (64, 64); a 4x4/4 patchify stem (ConvNeXt) centres it at 32i + 15.5.
+``centre=True`` (default) finds the field's centre on the first batch and shifts every input so
+that it lands on the middle pixel (the map is returned in the original coordinates; the rows or
+columns shifted out of view contribute zero).
+
 Gradient aggregation: ``"abs"`` (default) sums |d out / d x| over input channels, so cancelling
 positive and negative paths do not hide the support; ``"relu"`` is what RepLKNet's script does
 (ReLU on the central output before summing, ReLU on the gradient). Inputs are standard-normal
@@ -34,7 +42,7 @@ import numpy as np
 from jaxconv.models.features import stage_features
 
 __all__ = ["AREA_THRESHOLDS", "ERF_AGGREGATIONS", "area_ratios", "effective_receptive_field",
-           "erf_heatmap", "high_contribution_area_ratio"]
+           "erf_heatmap", "field_centre", "high_contribution_area_ratio"]
 
 #: RepLKNet's thresholds for the high-contribution area ratio.
 AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -58,13 +66,15 @@ def _select_stage(features, stage):
 def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[int], *,
                               stage: str | int = -1, num_inputs: int = 8, inputs=None,
                               key: jax.Array | None = None, batch_size: int = 8,
-                              aggregation: str = "abs", fast_compile: bool = True) -> np.ndarray:
+                              aggregation: str = "abs", fast_compile: bool = True,
+                              centre: bool = True) -> np.ndarray:
     """The ERF map [H, W] (float64 NumPy) of ``stage`` of ``model`` at ``input_size`` (H, W, C).
 
     ``stage``: a sown stage name (``"stage3"``) or index (default -1, the last stage, as
-    RepLKNet). The gradient of the channel sum of the stage's central pixel (h // 2, w // 2;
-    it sits at the image centre only if the stage map has odd sides, e.g. a 160x160 input for
-    a stride-32 stage) w.r.t. each input, aggregated over input channels (``aggregation``), averaged over
+    RepLKNet). The gradient of the channel sum of the stage's central pixel (h // 2, w // 2)
+    w.r.t. each input, with its field moved to the middle input pixel (H // 2, W // 2) when
+    ``centre`` (module docstring; ``False`` keeps the raw geometry), aggregated over input
+    channels (``aggregation``), averaged over
     ``num_inputs`` standard-normal inputs drawn from ``key`` (default ``jax.random.key(0)``),
     or over ``inputs`` [N, H, W, C] if given. Runs eval mode, ``batch_size`` inputs per jitted
     gradient call (inputs are independent in eval mode, so one backward pass of the batch sum
@@ -108,13 +118,73 @@ def effective_receptive_field(model: nn.Module, variables, input_size: Sequence[
         return grad.sum(axis=(0, 3))
 
     compiled = {}
-    total = np.zeros(size[:2], np.float64)
-    for start in range(0, inputs.shape[0], batch_size):
-        batch = inputs[start:start + batch_size]
+
+    def run(batch):
         if batch.shape not in compiled:
             compiled[batch.shape] = _compile(contribution, (batch, variables), fast_compile)
-        total += np.asarray(compiled[batch.shape](batch, variables), np.float64)
+        return np.asarray(compiled[batch.shape](batch, variables), np.float64)
+
+    shift = (0, 0)
+    if centre:  # where the field sits now, from the first batch: move it to the middle pixel
+        probe = run(inputs[:batch_size])
+        stage_h, stage_w = _select_stage(_abstract_stages(model, variables, (1, *size)),
+                                         stage).shape[1:3]
+        found = field_centre(probe, (max(size[0] // stage_h, 1), max(size[1] // stage_w, 1)))
+        shift = (found[0] - size[0] // 2, found[1] - size[1] // 2)
+    total = np.zeros(size[:2], np.float64)
+    for start in range(0, inputs.shape[0], batch_size):
+        # The model sees the input moved by `shift`, so the field's centre lands on the middle
+        # of the original frame; the map is moved back into that frame.
+        total += _shift(run(_shift(inputs[start:start + batch_size], shift, axes=(1, 2))),
+                        (-shift[0], -shift[1]), axes=(0, 1))
     return total / inputs.shape[0]
+
+
+def _shift(a, shift, axes):
+    """``a`` with its content moved by ``shift`` along ``axes`` (out[i] = a[i - s]), zero-filled."""
+    xp = np if isinstance(a, np.ndarray) else jnp
+    for s, axis in zip(shift, axes):
+        if s == 0:
+            continue
+        n = a.shape[axis]
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (max(s, 0), max(-s, 0))
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(max(-s, 0), max(-s, 0) + n)
+        a = xp.pad(a, pad)[tuple(index)]
+    return a
+
+
+def field_centre(erf, stride: Sequence[int] = (1, 1)) -> tuple[int, int]:
+    """(row, col) where the field in the map ``erf`` is centred. Per axis, on the profile
+    (``erf`` summed over the other axis): the middle of its support where that lies inside the
+    map (touching neither border); else the point about which the profile is most nearly
+    mirror-symmetric, searched within ``stride`` of the map's middle and compared only where
+    both sides are inside the map, so the border truncation of a field larger than the image
+    does not pull it (a centroid would)."""
+    erf = np.asarray(erf, np.float64)
+    centre = []
+    for axis, s in ((0, stride[0]), (1, stride[1])):
+        profile = erf.sum(axis=1 - axis)
+        nz = np.flatnonzero(profile > 0)
+        if nz.size == 0:
+            raise ValueError("erf has no positive contribution (all zeros?)")
+        if nz[0] > 0 and nz[-1] < profile.size - 1:
+            centre.append(int(np.floor((nz[0] + nz[-1]) / 2 + 0.5)))
+            continue
+        n, best = profile.size, None
+        for twice in range(max(n - 2 * int(s), 2), min(n + 2 * int(s), 2 * n - 3) + 1):
+            # Mirror about twice / 2 (half-integers included): pairs (lo, hi), lo + hi = twice.
+            lo = np.arange(max(twice - (n - 1), 0), (twice + 1) // 2)
+            hi = twice - lo
+            if lo.size < 2:
+                continue
+            a, b = profile[lo], profile[hi]
+            score = np.sum((a - b) ** 2) / max(np.sum(a ** 2 + b ** 2), 1e-300)
+            if best is None or score < best[0]:
+                best = (score, twice)
+        centre.append(int(np.floor(best[1] / 2 + 0.5)))
+    return centre[0], centre[1]
 
 
 #: XLA:CPU options that cut compile time several-fold (backend optimisation off); a gradient
