@@ -57,12 +57,15 @@ def test_explore_sweep_runs_on_a_tiny_sweep(tmp_path, monkeypatch, write_sweep):
 
 
 def test_model_zoo_lists_models_and_draws_stages(monkeypatch):
-    monkeypatch.setenv("JAXCONV_MODELS", "resnet[25]0")
+    monkeypatch.setenv("JAXCONV_MODELS", "resnet[25]0,nin_cifar,allcnn_c")
     monkeypatch.setenv("JAXCONV_MODEL", "resnet20")
     nb = execute("model_zoo.ipynb")
     text = outputs_text(nb)
-    assert "resnet20" in text and "resnet50" in text and "stage2" in text
+    for name in ("resnet20", "resnet50", "nin_cifar", "allcnn_c", "stage2"):
+        assert name in text, name
     assert "0.27" in text  # resnet20's 0.27M parameters
+    assert "4 models in 3 families" in text
+    assert "3 families drawn in 3 distinct styles" in text
 
 
 def test_receptive_fields_compares_models_at_a_small_size(monkeypatch):
