@@ -6,7 +6,9 @@ files get SHA-256 checksums (``MANIFEST``), verified before every restore: a ste
 damaged later (a flipped bit included, which orbax would restore silently) is detected; the
 training loop moves it aside to ``corrupt_checkpoints/`` (never deleted, never over another) and
 uses the previous step, ``load_checkpoint`` skips it. A checkpoint that is intact but holds other
-shapes (another model or optimizer) is an error, not damage: nothing is moved.
+shapes (another model or optimizer) is an error, not damage: nothing is moved. A fallback is one
+warning line: orbax's asyncio "Event loop is closed" tracebacks and absl metadata notices are
+dropped unless ``$JAXCONV_VERBOSE`` is set.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,9 @@ from jaxconv.train.mesh import to_host
 log = logging.getLogger(__name__)
 
 MANIFEST = "jaxconv_checksums.json"
+
+#: Set to 1 to see the library noise that a fallback otherwise hides (see ``_quiet_fallbacks``).
+VERBOSE_ENV = "JAXCONV_VERBOSE"
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -97,6 +103,39 @@ def _saved_shapes(state_dir: str) -> collections.Counter:
     return _leaf_shapes(tree)
 
 
+class _DropOrbaxNoise(logging.Filter):
+    """orbax's absl warnings about files a jaxconv checkpoint does not have by design."""
+
+    NOISE = ("Metadata file does not exist", "Failed to get item metadata")
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.NOISE)
+
+
+_previous_unraisablehook = None
+
+
+def _drop_closed_loop(unraisable):
+    # A failed tensorstore read ends orbax's asyncio loop while other reads are in flight; each
+    # one then reports "Event loop is closed" as an unraisable exception, dozens per fallback.
+    if (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+        return
+    (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
+def _quiet_fallbacks() -> None:
+    """One warning line per fallback, without library tracebacks (unless $JAXCONV_VERBOSE)."""
+    if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
+        return
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _drop_closed_loop:
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _drop_closed_loop
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxNoise) for f in absl.filters):
+        absl.addFilter(_DropOrbaxNoise())
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
@@ -161,6 +200,7 @@ class Checkpointer:
         stops with :class:`DamagedCheckpointsError` (nothing more is moved). An intact
         checkpoint with other shapes raises :class:`IncompatibleCheckpointError`.
         """
+        _quiet_fallbacks()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         moved = None
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -170,7 +210,7 @@ class Checkpointer:
                 try:
                     saved = _saved_shapes(os.path.join(step_dir, "state"))
                 except Exception as e:  # noqa: BLE001 -- unreadable metadata is damage
-                    problem = _one_line(e)
+                    problem = f"unreadable metadata ({_one_line(e)})"
                 else:
                     if saved != _leaf_shapes(abstract):
                         raise IncompatibleCheckpointError(
@@ -233,6 +273,7 @@ def load_checkpoint(workdir: str, step: int | None = None) -> tuple[int, dict]:
     **s["model_state"]}, x)``. A damaged latest step is skipped with one warning line (and left
     where it is); an explicitly requested damaged ``step`` raises ValueError.
     """
+    _quiet_fallbacks()
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) \
         if os.path.isdir(directory) else []

@@ -152,6 +152,23 @@ def test_flipped_bits_in_the_latest_checkpoint_fall_back_to_the_previous(base_ru
     assert "Event loop is closed" not in capfd.readouterr().err
 
 
+def test_a_damaged_checkpoint_without_checksums_falls_back_quietly(base_run, tmp_path, capfd):
+    # A checkpoint from before checksums: the read itself fails, inside tensorstore/orbax.
+    run = copy_of(base_run, tmp_path)
+    for step in ("2", "4", "6"):
+        os.remove(run / "checkpoints" / step / checkpoint.MANIFEST)
+    for root, _, files in os.walk(run / "checkpoints" / "6"):
+        for name in files:
+            if os.path.basename(root) == "d":
+                (run / root / name).write_bytes(b"\x00garbage")
+    capfd.readouterr()
+    train.train_and_evaluate(tiny_config(), str(run))
+    err = capfd.readouterr().err
+    assert "Event loop is closed" not in err and "Traceback" not in err, err[-3000:]
+    assert "Metadata file does not exist" not in err
+    assert os.listdir(run / "corrupt_checkpoints") == ["6"]
+
+
 def test_damage_is_set_aside_under_a_fresh_name_and_only_one_step(base_run, tmp_path):
     run = copy_of(base_run, tmp_path)
     (run / "corrupt_checkpoints" / "6").mkdir(parents=True)  # set aside by an earlier run
