@@ -1,6 +1,7 @@
 """ResNet-20 on scikit-learn's handwritten digits (1797 8x8 images): the offline default.
 
-Needs no network and no prepared data; this is what `make demo` runs.
+Needs no network and no prepared data. `make demo` runs the demo sweep built on this config
+(experiments/configs/sweeps/demo.py: resnet20/32/44 x two learning rates, 10 epochs each).
 
     python -m experiments.train --config experiments/configs/digits_resnet.py --workdir runs/digits
 
