@@ -20,8 +20,9 @@ whose sum contains it non-finite, on every path (``xla_fft.py`` explains how the
 
 Paths (``implementation``):
 
-* ``"xla"``: pure XLA; per ``tuning.XlaPlan`` the direct sum of shifted slices for short
-  kernels (``reference.direct_conv``, differentiated by JAX) or the FFT (``xla_fft.py``: ``rfft``
+* ``"xla"``: pure XLA; per ``tuning.XlaPlan`` (by kernel length, separately for plain and
+  differentiated calls) the direct sum of shifted slices for short kernels
+  (``reference.direct_conv``, differentiated by JAX) or the FFT (``xla_fft.py``: ``rfft``
   at a 2-3-5-smooth length ``N >= L + max(Lk - 1 - c, c)``, float32 math, ``custom_vjp`` reusing the
   forward's spectra).
 * ``"pallas"``: the FFT as DFT-matrix matmuls in Pallas TPU kernels (``pallas_tpu.py``: the
@@ -85,7 +86,8 @@ def check_arguments(u, k, *, causal=True, bias=None, pregate=None, postgate=None
 
 def choose_implementation(implementation: str | None, length: int, taps: int,
                           channels: int = 128, causal: bool = True) -> str:
-    """The path a call takes: "direct", "fft" (both pure XLA) or "pallas"; raises for a
+    """The path a call takes: "direct", "fft", "fft_train" (pure XLA: the direct sum, the FFT,
+    or the FFT under differentiation and the direct sum otherwise) or "pallas"; raises for a
     Pallas call it cannot serve."""
     if implementation == "pallas":
         target, _ = core.pallas_target()
@@ -103,7 +105,8 @@ def choose_implementation(implementation: str | None, length: int, taps: int,
                 f"vmem_limit_bytes={tuning.tpu_blocks().vmem_limit_bytes}; N <= 8192 fits at "
                 "128 channels per block); use implementation=None or 'xla'")
         return "pallas"
-    return "fft" if tuning.xla_plan().use_fft(taps) else "direct"
+    forward_fft, train_fft = tuning.xla_plan().choose(taps)
+    return "fft" if forward_fft else "fft_train" if train_fft else "direct"
 
 
 def fft_conv(u, k, *, causal: bool = True, bias=None, pregate=None, postgate=None,
@@ -133,8 +136,9 @@ def fft_conv(u, k, *, causal: bool = True, bias=None, pregate=None, postgate=Non
         # The reference is the direct sum; JAX differentiates it.
         return fft_conv_reference(u, k, causal=causal, bias=bias, pregate=pregate,
                                   postgate=postgate)
-    if path == "fft":
-        return xla_fft.fft_conv_spectral(u, k, bias, pregate, postgate, causal, xla_fft.XLA)
+    if path in ("fft", "fft_train"):
+        return xla_fft.fft_conv_spectral(u, k, bias, pregate, postgate, causal, xla_fft.XLA,
+                                         path == "fft_train")
     from kernels_pallas.fft_conv import pallas_tpu
     _, interpret = core.pallas_target()
     # Under a mesh the kernels run per batch shard; the optional gates travel with u.

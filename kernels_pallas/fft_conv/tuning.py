@@ -20,16 +20,28 @@ def _positive(owner: str, **fields: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class XlaPlan:
-    """Which pure-XLA formulation ``implementation="xla"`` uses: the direct sum of shifted slices
-    (``reference.direct_conv``; cost ~Lk per output) for kernels shorter than ``fft_min_taps``
-    taps, else the FFT (cost ~log N per output, independent of Lk)."""
-    fft_min_taps: int
+    """Which pure-XLA formulation ``implementation="xla"`` (and ``None``) uses, by kernel
+    length: the direct sum of shifted slices (``reference.direct_conv``; cost ~Lk per output)
+    below the threshold, the FFT (cost ~log N per output, whatever Lk) from it on.
+    ``forward_fft_min_taps`` applies to calls that are not differentiated,
+    ``train_fft_min_taps`` to the forward and backward of differentiated ones (``custom_vjp``
+    runs its forward rule only under differentiation). They differ because JAX's gradient of
+    the direct sum is far slower than its forward, while the FFT's backward reuses the spectra.
+    """
+    forward_fft_min_taps: int
+    train_fft_min_taps: int
 
     def __post_init__(self):
-        _positive("XlaPlan", fft_min_taps=self.fft_min_taps)
+        _positive("XlaPlan", forward_fft_min_taps=self.forward_fft_min_taps,
+                  train_fft_min_taps=self.train_fft_min_taps)
+        if self.train_fft_min_taps > self.forward_fft_min_taps:
+            raise ValueError("XlaPlan.train_fft_min_taps must be <= forward_fft_min_taps (a "
+                             f"differentiated call uses the FFT whenever a plain one does), "
+                             f"got {self.train_fft_min_taps} > {self.forward_fft_min_taps}")
 
-    def use_fft(self, taps: int) -> bool:
-        return taps >= self.fft_min_taps
+    def choose(self, taps: int) -> tuple[bool, bool]:
+        """(forward uses FFT, differentiated call uses FFT) for a kernel of ``taps`` taps."""
+        return taps >= self.forward_fft_min_taps, taps >= self.train_fft_min_taps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +63,7 @@ def tpu_blocks() -> TpuBlocks:
 
 
 #: Placeholder until the CPU crossover is measured.
-XLA_PLANS = {"default": XlaPlan(fft_min_taps=16)}
+XLA_PLANS = {"default": XlaPlan(forward_fft_min_taps=16, train_fft_min_taps=8)}
 
 
 def xla_plan() -> XlaPlan:

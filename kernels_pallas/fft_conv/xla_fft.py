@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 
 from kernels_pallas.depthwise_conv2d.xla_cpu import fft_size
-from kernels_pallas.fft_conv.reference import centre
+from kernels_pallas.fft_conv.reference import centre, fft_conv_reference
 
 F32 = jnp.float32
 
@@ -144,8 +144,12 @@ def _post(z, postgate):
     return z if postgate is None else z * postgate.astype(F32)
 
 
-def _conv(u, k, bias, pregate, postgate, causal, spectra):
-    """The forward alone: one fused convolution (no spectrum kept)."""
+def _conv(u, k, bias, pregate, postgate, causal, spectra, direct_forward):
+    """The forward alone: one fused convolution (no spectrum kept), or the direct sum when
+    that is faster for a forward (``tuning.XlaPlan``)."""
+    if direct_forward:
+        return fft_conv_reference(u, k, causal=causal, bias=bias, pregate=pregate,
+                                  postgate=postgate)
     length, taps = u.shape[1], k.shape[1]
     n, c = spectra.length(length, taps, causal), centre(taps, causal)
     v = _gate(u, pregate)
@@ -156,7 +160,7 @@ def _conv(u, k, bias, pregate, postgate, causal, spectra):
     return _post(_skip(z, bias, v), postgate).astype(u.dtype)
 
 
-def _conv_fwd(u, k, bias, pregate, postgate, causal, spectra):
+def _conv_fwd(u, k, bias, pregate, postgate, causal, spectra, direct_forward):
     length, taps = u.shape[1], k.shape[1]
     n, c = spectra.length(length, taps, causal), centre(taps, causal)
     v = _gate(u, pregate)
@@ -173,7 +177,7 @@ def _conv_fwd(u, k, bias, pregate, postgate, causal, spectra):
                                None if postgate is None else z)
 
 
-def _conv_bwd(causal, spectra, residuals, g):
+def _conv_bwd(causal, spectra, direct_forward, residuals, g):
     u, k, bias, pregate, postgate, v_spec, k_spec, z = residuals
     length, taps = u.shape[1], k.shape[1]
     n, c = spectra.length(length, taps, causal), centre(taps, causal)
@@ -201,11 +205,12 @@ def _conv_bwd(causal, spectra, residuals, g):
     return du.astype(u.dtype), dk.astype(k.dtype), dbias, dpre, dpost
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def fft_conv_spectral(u, k, bias, pregate, postgate, causal, spectra):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def fft_conv_spectral(u, k, bias, pregate, postgate, causal, spectra, direct_forward=False):
     """``fft_conv`` through the spectral operations of ``spectra`` (``XLA`` or a Pallas one);
-    arguments already checked, optional ones may be None."""
-    return _conv(u, k, bias, pregate, postgate, causal, spectra)
+    arguments already checked, optional ones may be None. ``direct_forward``: a call that is
+    not differentiated takes the direct sum instead."""
+    return _conv(u, k, bias, pregate, postgate, causal, spectra, direct_forward)
 
 
 fft_conv_spectral.defvjp(_conv_fwd, _conv_bwd)

@@ -26,8 +26,9 @@ from kernels_pallas.fft_conv import api, fft_conv, fft_conv_reference, pallas_tp
 from tests.kernels.harness import check_against_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PLANS = {"direct": tuning.XlaPlan(fft_min_taps=10**6),
-         "fft": tuning.XlaPlan(fft_min_taps=1),
+PLANS = {"direct": tuning.XlaPlan(10**6, 10**6),
+         "fft": tuning.XlaPlan(1, 1),
+         "fft_train": tuning.XlaPlan(10**6, 1),
          "default": tuning.XLA_PLANS["default"]}
 ARGS = ("u", "k", "bias", "pregate", "postgate")
 
@@ -121,30 +122,51 @@ def _check(case, implementation, context=None):
     return check_against_reference(op, reference, args, diff_argnums=diff, context=context)
 
 
-@pytest.mark.parametrize("plan", ["fft", "direct"])
-@settings(max_examples=6, deadline=None, derandomize=True)
+@pytest.mark.parametrize("plan", ["fft", "fft_train"])
+@settings(max_examples=4, deadline=None, derandomize=True)
 @given(case=conv_cases())
 def test_xla_path_matches_reference(case, plan):
+    """"fft": FFT forward and gradients; "fft_train": the direct sum for a plain forward, the
+    FFT under differentiation (the plan "direct" is the reference itself)."""
+    _check(case, "xla", xla_plan(plan))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", ["fft", "fft_train", "direct", "default"])
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(case=conv_cases(max_length=90))
+def test_xla_path_matches_reference_many_shapes(case, plan):
     _check(case, "xla", xla_plan(plan))
 
 
 @pytest.mark.parametrize("length, taps, dtype, causal", [
-    (64, 64, "float32", True), (100, 37, "bfloat16", False), (33, 32, "float32", False)])
+    (100, 37, "bfloat16", False),
+    pytest.param(64, 64, "float32", True, marks=pytest.mark.slow),
+    pytest.param(33, 32, "float32", False, marks=pytest.mark.slow)])
 def test_fft_formulation_at_awkward_lengths(length, taps, dtype, causal):
     """Power-of-two and not, even and odd kernels, every optional argument."""
     _check((2, length, 5, taps, dtype, ARGS[2:], causal), "xla", xla_plan("fft"))
 
 
-@settings(max_examples=5, deadline=None, derandomize=True)
-@given(case=conv_cases(max_length=70))
+@pytest.mark.parametrize("case", [
+    (2, 37, 3, 19, "float32", ARGS[2:], True),      # N = 64 = 8 x 8, every option
+    (1, 70, 8, 70, "bfloat16", ("pregate",), False),  # N = 128 = 8 x 16, even kernel
+])
 def test_pallas_path_matches_reference(case):
     """The Monarch kernels (TPU kernels in the generic interpreter), forward and gradients."""
     _check(case, "pallas")
 
 
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(case=conv_cases(max_length=140))
+def test_pallas_path_matches_reference_many_shapes(case):
+    _check(case, "pallas")
+
+
 def test_pallas_kernels_under_the_tpu_interpreter():
-    """TPU memory spaces simulated; 130 channels (not a lane multiple), N = 256 = 16 x 16."""
-    _check((1, 150, 130, 99, "bfloat16", ("bias", "postgate"), False), "pallas",
+    """TPU memory spaces simulated; 130 channels (not a lane multiple)."""
+    _check((1, 20, 130, 11, "bfloat16", ("bias", "postgate"), False), "pallas",
            interpret_as("tpu"))
 
 
@@ -158,7 +180,7 @@ def test_monarch_sizes():
     assert pallas_tpu.transform_length(64, 2, False) == 128
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("causal", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_pallas_kernels_lower_for_tpu(causal):
     """Forward (kernel spectrum + fused convolution) and forward+backward (spectrum, inverse,
     and the three transforms of the gradients) lower to Mosaic TPU MLIR on this machine: the
@@ -240,9 +262,16 @@ def _sprinkle(x, rng, count, values=(np.nan, np.inf, -np.inf)):
     return jnp.asarray(x)
 
 
-@pytest.mark.parametrize("implementation, causal", [("xla", True), ("xla", False),
-                                                     ("pallas", False)])
-@pytest.mark.parametrize("where", ["u", "k", "pregate", "postgate"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("implementation, causal, where", [
+    ("xla", False, "u"), ("xla", False, "k"), ("xla", True, "postgate"),
+    ("pallas", False, "u"), ("pallas", True, "k")] + [
+    pytest.param(i, c, w, marks=SLOW) for i, c, w in [
+        ("xla", True, "u"), ("xla", True, "k"), ("xla", False, "pregate"),
+        ("xla", True, "pregate"), ("xla", False, "postgate"), ("pallas", False, "k"),
+        ("pallas", False, "pregate"), ("pallas", False, "postgate")]])
 def test_non_finite_values_stay_in_their_footprint(implementation, causal, where):
     """One NaN/Inf reaches only the outputs (and gradients) whose direct sum contains it: the
     isfinite masks of the FFT path equal the reference's, forward and every gradient."""
@@ -326,5 +355,7 @@ def test_bad_dtypes_raise():
         fft_conv(jnp.zeros((1, 4, 2), jnp.int32), jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="k.dtype=int32 must be a floating dtype"):
         fft_conv(jnp.zeros((1, 4, 2)), jnp.zeros((2, 3), jnp.int32))
-    with pytest.raises(ValueError, match="XlaPlan.fft_min_taps must be a positive int"):
-        tuning.XlaPlan(fft_min_taps=0)
+    with pytest.raises(ValueError, match="XlaPlan.train_fft_min_taps must be a positive int"):
+        tuning.XlaPlan(forward_fft_min_taps=1, train_fft_min_taps=0)
+    with pytest.raises(ValueError, match="train_fft_min_taps must be <= forward_fft_min_taps"):
+        tuning.XlaPlan(forward_fft_min_taps=4, train_fft_min_taps=8)
