@@ -12,6 +12,7 @@ import importlib
 OPS = {"depthwise_conv2d": "kernels_pallas.depthwise_conv2d.bench"}
 OPS["flash_attention"] = "kernels_pallas.flash_attention.bench"
 OPS["neighborhood_attention"] = "kernels_pallas.neighborhood_attention.bench"
+OPS["fft_conv"] = "kernels_pallas.fft_conv.bench"
 
 
 def main(argv=None):
