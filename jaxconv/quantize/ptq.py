@@ -201,7 +201,9 @@ class _WeightQuantizer:
         if self._config.bits == 8:
             return qarray.quantize(array, how)
         q = qarray.quantize(array, dataclasses.replace(how, qtype=jnp.int4))
-        return qarray.QArray(q.qvalue.astype(jnp.int8), q.scale, None, jnp.int8)
+        # qwix rounds x / (absmax / 7) into int4's [-8, 7]; keep the range symmetric.
+        qvalue = jnp.clip(q.qvalue.astype(jnp.int8), -7, 7)
+        return qarray.QArray(qvalue, q.scale, None, jnp.int8)
 
 
 # ------------------------------------------------------------------------- the entry point
