@@ -44,7 +44,8 @@ from kernels_pallas.fft_conv import fft_conv, fft_conv_reference, tuning
 FIELDS = ["device", "batch", "length", "channels", "kernel_len", "implementation", "fwd_ms",
           "fwdbwd_ms", "fwd_gflops", "fwdbwd_gflops", "speedup_vs_jnp_fft", "speedup_vs_torch",
           "speedup_vs_direct", "note"]
-QUICK = dict(lengths="256,1024,4096,16384,65536", channels="64", batch=1, repeats=3)
+QUICK = dict(lengths="256,1024,4096,16384,65536", channels="64,768", batch=1, repeats=3,
+             max_elements=4_000_000, direct_max_macs=1e8)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time the auto path under these tuning.XlaPlan thresholds, "
                              "comma-separated FORWARD/TRAIN, e.g. '1/1,1000000/1000000' "
                              "(always FFT, always direct)")
+    parser.add_argument("--max_elements", type=float, default=None,
+                        help="skip shapes whose B*L*H exceeds this")
     parser.add_argument("--direct_max_macs", type=float, default=2e9,
                         help="skip the direct baseline above B*L*Lk*H multiply-adds")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--forward_only", action="store_true",
+                        help="time forwards only (fwdbwd columns left empty)")
     parser.add_argument("--torch_python", default=None,
                         help="a Python interpreter with torch; its timings become extra rows")
     parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
@@ -88,8 +93,10 @@ def jnp_fft_conv(u, k, bias):
     return jnp.fft.irfft(spectrum, n=n, axis=1)[:, :length] + bias * u
 
 
-def time_op(op, u, k, bias, repeats):
+def time_op(op, u, k, bias, repeats, forward_only=False):
     forward = jax.jit(op)
+    if forward_only:
+        return median_seconds(forward, u, k, bias, repeats=repeats), float("nan")
     grads = jax.jit(jax.grad(lambda u, k, b: jnp.sum(op(u, k, b).astype(jnp.float32)),
                              argnums=(0, 1, 2)))
     return median_seconds(forward, u, k, bias, repeats=repeats), \
@@ -143,7 +150,9 @@ def run(args) -> list[dict]:
         for length in lengths:
             for taps_text in args.kernel_lens.split(","):
                 taps = length if taps_text == "L" else int(taps_text)
-                if taps > length:
+                too_big = args.max_elements and args.batch * length * channels > \
+                    args.max_elements
+                if taps > length or too_big:
                     continue
                 batch = args.batch
                 u = jnp.asarray(rng.standard_normal((batch, length, channels), np.float32))
@@ -152,11 +161,12 @@ def run(args) -> list[dict]:
                 bias = jnp.asarray(rng.standard_normal(channels), np.float32)
                 timings = {}
                 if taps == length:  # the jnp baseline is the full-length causal convolution
-                    timings["jnp.fft"] = time_op(jnp_fft_conv, u, k, bias, args.repeats)
+                    timings["jnp.fft"] = time_op(jnp_fft_conv, u, k, bias, args.repeats,
+                                                 args.forward_only)
                 if batch * length * taps * channels <= args.direct_max_macs:
                     timings["direct"] = time_op(
                         lambda u, k, b: fft_conv_reference(u, k, bias=b), u, k, bias,
-                        args.repeats)
+                        args.repeats, args.forward_only)
                 for impl in impls:
                     def op(u, k, b, impl=impl):
                         return fft_conv(u, k, bias=b,
@@ -165,9 +175,10 @@ def run(args) -> list[dict]:
                         for m in args.plans.split(","):
                             with _xla_plan(m):
                                 timings[f"auto plan={m}"] = time_op(
-                                    op, u, k, bias, args.repeats)
+                                    op, u, k, bias, args.repeats, args.forward_only)
                         continue
-                    timings[impl] = time_op(op, u, k, bias, args.repeats)
+                    timings[impl] = time_op(op, u, k, bias, args.repeats,
+                                            args.forward_only)
                 if args.torch_python and taps == length:
                     found = torch_row(args.torch_python, batch, length, channels, taps,
                                       args.repeats)

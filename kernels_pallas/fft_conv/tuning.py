@@ -62,8 +62,15 @@ def tpu_blocks() -> TpuBlocks:
     return lookup_tuning(TPU_BLOCKS)
 
 
-#: Placeholder until the CPU crossover is measured.
-XLA_PLANS = {"default": XlaPlan(forward_fft_min_taps=16, train_fft_min_taps=8)}
+#: Measured on the 2-core CPU, float32, H = 64 (rows in kernels_pallas/results/fft_conv_cpu.csv,
+#: "crossover" notes; ``--plans 1/1,1000000/1000000``; the machine was shared by ~7 jobs, load
+#: average ~20, so single timings varied by 2x and more). Differentiated calls: the FFT won at
+#: every kernel length tried, 2 .. 64 taps at L = 1024 and 8192 (at L = 8192: Lk = 2 99 vs 161 ms,
+#: Lk = 4 53 vs 307 ms, Lk = 64 84 vs 3556 ms), because JAX's gradient of the direct sum is slow.
+#: Plain forwards at B = 8, L = 4096: the two were within noise from 4 to 128 taps (FFT 86-144 ms,
+#: direct 97-131 ms); at L = 1024, Lk = 2 the direct forward took 1.0 vs 1.8 ms. So: the direct
+#: sum only for plain forwards of kernels under 4 taps.
+XLA_PLANS = {"default": XlaPlan(forward_fft_min_taps=4, train_fft_min_taps=1)}
 
 
 def xla_plan() -> XlaPlan:

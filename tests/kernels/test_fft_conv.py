@@ -123,7 +123,7 @@ def _check(case, implementation, context=None):
 
 
 @pytest.mark.parametrize("plan", ["fft", "fft_train"])
-@settings(max_examples=4, deadline=None, derandomize=True)
+@settings(max_examples=3, deadline=None, derandomize=True)
 @given(case=conv_cases())
 def test_xla_path_matches_reference(case, plan):
     """"fft": FFT forward and gradients; "fft_train": the direct sum for a plain forward, the
@@ -149,8 +149,8 @@ def test_fft_formulation_at_awkward_lengths(length, taps, dtype, causal):
 
 
 @pytest.mark.parametrize("case", [
-    (2, 37, 3, 19, "float32", ARGS[2:], True),      # N = 64 = 8 x 8, every option
-    (1, 70, 8, 70, "bfloat16", ("pregate",), False),  # N = 128 = 8 x 16, even kernel
+    (2, 37, 3, 18, "bfloat16", ARGS[2:], False),  # N = 64 = 8 x 8, every option, even kernel
+    pytest.param((1, 70, 8, 70, "float32", ("pregate",), True), marks=pytest.mark.slow),
 ])
 def test_pallas_path_matches_reference(case):
     """The Monarch kernels (TPU kernels in the generic interpreter), forward and gradients."""
@@ -348,6 +348,27 @@ def test_bfloat16_result_is_one_rounding_of_float32():
 def test_bad_arguments_raise_clear_errors(u_shape, k_shape, kwargs, message):
     with pytest.raises(ValueError, match=message):
         fft_conv(jnp.zeros(u_shape), jnp.zeros(k_shape), **kwargs)
+
+
+def test_auto_choice_follows_the_measured_plan():
+    plan = tuning.XLA_PLANS["default"]
+    assert api.choose_implementation(None, 4096, plan.forward_fft_min_taps) == "fft"
+    assert api.choose_implementation("xla", 4096, 1) == (
+        "fft_train" if plan.train_fft_min_taps <= 1 else "direct")
+    assert api.choose_implementation("pallas", 64, 64) == "pallas"
+
+
+def test_bench_writes_csv_rows(tmp_path):
+    from kernels_pallas import bench
+    out = tmp_path / "rows.csv"
+    rows = bench.main(["fft_conv", "--lengths", "16", "--channels", "2", "--kernel_lens",
+                       "3,L", "--repeats", "1", "--csv", str(out), "--note", "test"])
+    assert [(r["kernel_len"], r["implementation"]) for r in rows] == [
+        (3, "direct"), (3, "auto"), (16, "jnp.fft"), (16, "direct"), (16, "auto")]
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("device,batch,length,channels,kernel_len,implementation,fwd_ms")
+    assert len(lines) == 6 and all(r["fwdbwd_ms"] > 0 for r in rows)
+    assert rows[-1]["speedup_vs_jnp_fft"].startswith("fwd ")
 
 
 def test_bad_dtypes_raise():
