@@ -22,9 +22,9 @@ Paths (``implementation``):
 
 * ``"xla"``: pure XLA; per ``tuning.XlaPlan`` (by kernel length, separately for plain and
   differentiated calls) the direct sum of shifted slices for short kernels
-  (``reference.direct_conv``, differentiated by JAX) or the FFT (``xla_fft.py``: ``rfft``
-  at a 2-3-5-smooth length ``N >= L + max(Lk - 1 - c, c)``, float32 math, ``custom_vjp`` reusing the
-  forward's spectra).
+  (``reference.direct_conv``, differentiated by JAX) or the FFT (``xla_fft.py``: ``rfft`` at
+  a 2-3-5-smooth length ``N >= L + max(Lk - 1 - c, c)``, float32 math, ``custom_vjp`` reusing
+  the forward's spectra).
 * ``"pallas"``: the FFT as DFT-matrix matmuls in Pallas TPU kernels (``pallas_tpu.py``: the
   Monarch / FlashFFTConv decomposition; interpreted on CPU), through the same ``custom_vjp``;
   transforms up to N = 8192 (VMEM); no GPU kernel yet. Under a mesh, per batch shard.
@@ -42,7 +42,6 @@ from kernels_pallas import core
 from kernels_pallas.fft_conv import tuning, xla_fft
 from kernels_pallas.fft_conv.reference import fft_conv_reference
 
-F32 = jnp.float32
 #: dtypes ``u`` may have (the output has ``u``'s dtype).
 DTYPES = ("float32", "bfloat16")
 
