@@ -44,7 +44,7 @@ from kernels_pallas.fft_conv import fft_conv, fft_conv_reference, tuning
 FIELDS = ["device", "batch", "length", "channels", "kernel_len", "implementation", "fwd_ms",
           "fwdbwd_ms", "fwd_gflops", "fwdbwd_gflops", "speedup_vs_jnp_fft", "speedup_vs_torch",
           "speedup_vs_direct", "note"]
-QUICK = dict(lengths="256,1024,4096,16384,65536", channels="64,768", batch=1, repeats=3,
+QUICK = dict(lengths="256,1024,4096,16384,65536", channels="64,768", batch=1, repeats=5,
              max_elements=4_000_000, direct_max_macs=1e8)
 
 
