@@ -8,6 +8,7 @@ from jaxconv.models import (
     bytenet,
     ccnn,
     coatnet,
+    condconv,
     convnext,
     convnext_dcls,
     cvt,
@@ -28,10 +29,12 @@ from jaxconv.models import (
     unireplknet,
     vgg,
     wrn,
+    xnor,
 )
 from jaxconv.models.resnet import ResNet
 
 __all__ = ["ResNet", "allcnn", "coatnet", "convnext", "convnext_dcls", "cvt", "densenet",
            "inception", "inception_next", "mobilenet", "nat", "nin", "replknet",
            "residual_stack", "resnet", "unireplknet", "vgg", "wrn",
-           "bytenet", "ccnn", "tcn", "ucr", "seq_attention", "hyena", "long_conv"]
+           "bytenet", "ccnn", "tcn", "ucr", "seq_attention", "hyena", "long_conv",
+           "condconv", "xnor"]
