@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time forwards only (fwdbwd columns left empty)")
     parser.add_argument("--torch_python", default=None,
                         help="a Python interpreter with torch; its timings become extra rows")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); 1 is steadier "
+                             "on a shared machine, where a descheduled thread stalls the rest")
     parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
     parser.add_argument("--note", default="", help="free text for the note column")
 
@@ -114,12 +117,13 @@ def _xla_plan(text: str):
         tuning.XLA_PLANS = saved
 
 
-def torch_row(python, batch, length, channels, taps, repeats):
+def torch_row(python, batch, length, channels, taps, repeats, threads=None):
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_timing.py")
-    out = subprocess.run([python, script, "--batch", str(batch), "--length", str(length),
-                          "--channels", str(channels), "--kernel_len", str(taps),
-                          "--repeats", str(repeats)], capture_output=True, text=True,
-                         timeout=3600)
+    command = [python, script, "--batch", str(batch), "--length", str(length),
+               "--channels", str(channels), "--kernel_len", str(taps), "--repeats", str(repeats)]
+    if threads:
+        command += ["--threads", str(threads)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if out.returncode:
         print(f"torch timing failed: {out.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -181,7 +185,7 @@ def run(args) -> list[dict]:
                                             args.forward_only)
                 if args.torch_python and taps == length:
                     found = torch_row(args.torch_python, batch, length, channels, taps,
-                                      args.repeats)
+                                      args.repeats, args.torch_threads)
                     if found:
                         timings[found[0]] = found[1]
                 torch_time = next((v for n, v in timings.items() if n.startswith("torch")),

@@ -25,7 +25,11 @@ def main():
     parser.add_argument("--channels", type=int, required=True)
     parser.add_argument("--kernel_len", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     length, n = args.length, 2 * args.length
