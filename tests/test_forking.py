@@ -129,3 +129,24 @@ def test_train_one_step_from_file_spec_in_another_directory(tmp_path):
     assert final["model"] == spec and final["step"] == 1
     assert final["num_params"] < 0.27e6  # the override reached the copy (resnet20: 0.27M)
     assert out.stderr.count("DuplicateModelWarning") == 1
+
+
+def test_readme_fork_example_builds_by_file_spec(tmp_path):
+    """The README's gated_convnext.py, written out as a user would: created by its file spec,
+    with the forked block's gate in every block."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("# gated_convnext.py\n")
+    code = readme[start:readme.index("```", start)]
+    (tmp_path / "gated_convnext.py").write_text(code)
+    spec = f"{tmp_path}/gated_convnext.py:gated_convnext_tiny"
+    try:
+        model = jaxconv.create_model(spec, depths=(1, 1), dims=(8, 16), num_classes=3)
+        # A new name: the fork gets its own registry entry, beside ConvNeXt's.
+        assert jaxconv.list_models("*convnext_tiny") == ["convnext_tiny", "gated_convnext_tiny"]
+    finally:
+        registry._REGISTRY.pop("gated_convnext_tiny", None)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
+    block = variables["params"]["stages_1"]["blocks_0"]
+    assert block["gate"].shape == (16,) and "gamma" not in block
+    assert block["conv_dw"]["kernel"].shape == (7, 7, 16)
+    assert jaxconv.model_info(spec).family == "gated_convnext"

@@ -221,13 +221,14 @@ class ConvNeXt(nn.Module):
         object.__setattr__(self, "dims", positive_ints("dims", self.dims))
         if len(self.depths) != len(self.dims):
             raise ValueError(f"depths {self.depths} and dims {self.dims} must have equal length")
+        # An int stays an int: expanding it to one per stage here would make clone(depths=...)
+        # with another stage count fail.
         sizes = positive_ints("kernel_size", self.kernel_size)
-        if len(sizes) == 1:
-            sizes = sizes * len(self.depths)
-        if len(sizes) != len(self.depths) or any(k % 2 == 0 for k in sizes):
+        if len(sizes) not in (1, len(self.depths)) or any(k % 2 == 0 for k in sizes):
             raise ValueError(f"kernel_size must be an odd int or one odd int per stage "
                              f"({len(self.depths)}), got {self.kernel_size!r}")
-        object.__setattr__(self, "kernel_size", sizes)
+        object.__setattr__(self, "kernel_size", sizes[0] if len(sizes) == 1 and not isinstance(
+            self.kernel_size, (tuple, list)) else sizes)
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         check_positive_number("mlp_ratio", self.mlp_ratio)
         if self.ls_init_value is not None:
@@ -240,6 +241,12 @@ class ConvNeXt(nn.Module):
         check_rate("drop_rate", self.drop_rate)
         super().__post_init__()
 
+    @property
+    def stage_kernel_sizes(self) -> tuple[int, ...]:
+        """The depthwise kernel size of each stage."""
+        sizes = positive_ints("kernel_size", self.kernel_size)
+        return sizes * len(self.depths) if len(sizes) == 1 else sizes
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
@@ -250,7 +257,8 @@ class ConvNeXt(nn.Module):
         rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
         first = 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-            block_kwargs = (("kernel_size", self.kernel_size[i]), ("mlp_ratio", self.mlp_ratio),
+            block_kwargs = (("kernel_size", self.stage_kernel_sizes[i]),
+                            ("mlp_ratio", self.mlp_ratio),
                             ("ls_init_value", self.ls_init_value), ("dw_conv", self.dw_conv),
                             ("implementation", self.implementation))
             x = self.stage_cls(dim, depth, downsample=i > 0,

@@ -188,6 +188,14 @@ def test_bad_fields_raise(field, value):
         jaxconv.create_model("convnext_tiny", **{field: value})
 
 
+def test_fewer_stages_by_override():
+    """create_model clones the registered ConvNeXt-T: an int kernel_size must not have been
+    expanded to its 4 stages (that made depths=(1, 1) fail)."""
+    model = jaxconv.create_model("convnext_tiny", depths=(1, 1), dims=(8, 16))
+    assert model.kernel_size == 7 and model.stage_kernel_sizes == (7, 7)
+    assert ConvNeXt(depths=(1, 1), dims=(8, 16), kernel_size=(3, 5)).stage_kernel_sizes == (3, 5)
+
+
 def test_from_timm_refuses_injected_dw_conv():
     """timm's weights do not fit another depthwise layer: every mismatched key is named."""
     from jaxconv.convert import from_timm, timm_key_map

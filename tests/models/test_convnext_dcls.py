@@ -38,7 +38,8 @@ def test_layout_and_registry():
     info = jaxconv.model_info("convnext_dcls_tiny")
     assert info.family == "convnext_dcls" and "arXiv:2112.03740" in info.paper
     model = jaxconv.create_model("convnext_dcls_tiny")
-    assert (model.kernel_size, model.kernel_count, model.share_positions) == ((17,) * 4, 34, True)
+    assert (model.stage_kernel_sizes, model.kernel_count, model.share_positions) == (
+        (17,) * 4, 34, True)
     params = init_variables(model, (1, 32, 32, 3))["params"]
     assert params["stages_2"]["positions"].shape == (2, 34, 384)
     conv = params["stages_2"]["blocks_8"]["conv_dw"]
