@@ -16,8 +16,9 @@ CCNN_6,380 (the authors' configs, ``experiments/README.md``).
 Parameter counts (the authors' sMNIST configs, counted from their modules; the paper's table
 rounds them to 200K and 2M): ``ccnn_4_140`` 198,769, ``ccnn_6_380`` 1,993,091. Linears and the
 channel mixers start from Kaiming-normal weights and zero biases, as the authors'.
-Differences: FlexConv's dynamic cropping is not done (see :mod:`jaxconv.layers.ckconv`); BN
-statistics are Flax's (biased variance).
+Stage outputs sown (one resolution throughout): ``stage0`` after the stem conv, ``stage1``
+after the blocks. Differences: FlexConv's dynamic cropping is not done (see
+:mod:`jaxconv.layers.ckconv`); BN statistics are Flax's (biased variance).
 """
 from __future__ import annotations
 
@@ -138,8 +139,10 @@ class CCNN(nn.Module):
         y = nn.Dropout(self.dropout_in, deterministic=not train)(jnp.asarray(x, self.dtype))
         y = self._conv()(self.hidden, name="conv1")(y)
         y = nn.gelu(batch_norm(train, dtype=self.dtype, name="norm1")(y), approximate=False)
+        self.sow("intermediates", "stage0", y)
         for i in range(self.num_blocks):
             y = CCNNBlock(self._conv(), self.dropout_rate, self.dtype, train, name=f"blocks_{i}")(y)
+        self.sow("intermediates", "stage1", y)
         y = batch_norm(train, dtype=self.dtype, name="out_norm")(y)
         if self.data_dim == 2:
             y = jnp.mean(y, axis=(1, 2)) if self.pool == "mean" else y

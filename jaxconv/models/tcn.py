@@ -17,7 +17,7 @@ Registered variants use the authors' script defaults (locuslab/TCN ``TCN/*/*_tes
 
 | name | task | levels x width, k | params (authors' defaults) |
 | --- | --- | --- | --- |
-| ``tcn_smnist`` | sequential / permuted MNIST, L=784 | 8 x 25, k=7, dropout 0.05 | 66,910 (paper: 70K) |
+| ``tcn_smnist`` | sequential / permuted MNIST, L=784 | 8 x 25, k=7, p=0.05 | 66,910 (paper 70K) |
 | ``tcn_adding`` | adding problem, 2 channels, MSE | 8 x 30, k=7 | 96,001 |
 | ``tcn_copy_memory`` | copy memory, T=1000 (L=1020), per step | 8 x 10, k=8 | 12,530 |
 | ``tcn_tiny`` | tests / runlocal | 3 x 8, k=3 | |

@@ -84,7 +84,9 @@ def test_causal_ckconv_is_causal(separable):
     layer = CKConv(3, separable=separable, omega_0=3.0, mask_init=0.5)
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 9, 2)), jnp.float32)
     variables = run_jitted(layer.init, KEY, x)
-    assert_causal(jax.jit(lambda x: layer.apply(variables, x)), x)
+    # fft_conv's FFT path leaks float32 rounding (~1e-7) to earlier outputs: exact zeros are
+    # not available there, so the check allows 1e-5 (gradients here are O(1)).
+    assert_causal(jax.jit(lambda x: layer.apply(variables, x)), x, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -131,7 +133,8 @@ def test_magnet_parameter_count_matches_the_authors_modules(dim):
     net = KernelNet(out, "magnet", hidden, 3)
     variables = jax.eval_shape(net.init, KEY, jnp.zeros((5,) * dim + (dim,)))
     count = sum(np.prod(v.shape) for v in jax.tree.leaves(variables))
-    assert count == 4 * (3 * hidden * dim + hidden) + 3 * (hidden ** 2 + hidden) + hidden * out + out
+    magnet = 4 * (3 * hidden * dim + hidden) + 3 * (hidden ** 2 + hidden) + hidden * out + out
+    assert count == magnet
 
 
 @pytest.mark.parametrize("make,x_shape,match", [

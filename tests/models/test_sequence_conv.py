@@ -84,13 +84,23 @@ def test_ccnn_parameter_counts_follow_the_authors_code():
 def test_ccnn_2d_is_an_image_model():
     model = jaxconv.create_model("ccnn_tiny_2d")
     assert jaxconv.model_info("ccnn_tiny_2d").input_size == (32, 32, 3)
+    x = jnp.zeros((2, 12, 10, 3))
+    assert jax.eval_shape(lambda: model.init_with_output(KEY, x)[0]).shape == (2, 10)
+    none = jax.eval_shape(lambda: model.clone(pool="none").init_with_output(KEY, x)[0])
+    assert none.shape == (2, 12, 10, 10)
+    stages = jaxconv.feature_info(model, (1, 12, 10, 3))
+    assert [(s.name, s.stride, s.channels) for s in stages] == [("stage0", 1, 16),
+                                                               ("stage1", 1, 16)]
+
+
+@pytest.mark.slow
+def test_ccnn_2d_train_step():
+    model = jaxconv.create_model("ccnn_tiny_2d", dropout_rate=0.1)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 10, 3)), jnp.float32)
     variables = run_jitted(lambda x: model.init(KEY, x), x)
     out, updates = run_jitted(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                                        rngs={"dropout": KEY}), variables, x)
     assert out.shape == (2, 10) and np.isfinite(out).all() and "batch_stats" in updates
-    none = jax.eval_shape(lambda: model.clone(pool="none").init_with_output(KEY, x)[0])
-    assert none.shape == (2, 12, 10, 10)
 
 
 @pytest.mark.parametrize("pool,shape", [("last", (2, 10)), ("mean", (2, 10)),
