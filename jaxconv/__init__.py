@@ -2,6 +2,7 @@
 
     import jaxconv
     model = jaxconv.create_model("resnet20", drop_path_rate=0.1)
+    model = jaxconv.create_model("path/to/my_convnext.py:convnext_tiny")  # a fork, by file spec
     jaxconv.list_models("resnet*"), jaxconv.model_info("resnet50")
     jaxconv.feature_info(model, (32, 32, 3))            # stage names, channels, strides
     jaxconv.stage_features(model, variables, images)    # [(name, array, stride), ...]
