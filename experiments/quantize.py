@@ -180,7 +180,18 @@ def sweep(sweep_dir: str, calib_batches: int = 8) -> list[dict]:
         for title, trained, scheme, data_free in SWEEP_COLUMNS:
             if trained != training or scheme is None:
                 continue
-            m = run(workdir, scheme, calib_batches=calib_batches, data_free=data_free)
+            name = scheme + ("_datafree" if data_free else "")
+            done = os.path.join(workdir, "quantized", name, "metrics.json")
+            if os.path.exists(done):        # re-running the command skips finished cells
+                with open(done) as f:
+                    m = json.load(f)
+            else:
+                try:
+                    m = run(workdir, scheme, calib_batches=calib_batches, data_free=data_free,
+                            zeroq_steps=100)
+                except FileNotFoundError as e:   # a run still training: no checkpoint yet
+                    print(f"skipping {workdir}: {e}")
+                    break
             rows.append({"model": model, "column": title, "training": training, **m})
             if title == "int8 per-layer" or (title == "int4 per-channel QAT"):
                 rows.append({"model": model, "column": "float" if training == "float"
