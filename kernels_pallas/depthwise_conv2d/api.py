@@ -267,9 +267,10 @@ def depthwise_conv2d(x, w, *, stride=1, padding="SAME", dilation=1, bias=None,
     Returns:
       [B, H_out, W_out, C] in ``x.dtype``; float32 accumulation on every path. Differentiable
       in x, w and bias (``jax.custom_vjp``; no forward-mode autodiff on the custom paths).
-      A NaN/Inf in x, w or the incoming gradient makes exactly the outputs and gradients
-      non-finite that it makes non-finite in ``lax.conv_general_dilated`` on the "xla" path,
-      FFT formulation included (as NaN; see ``xla_cpu.py``).
+      On the "xla" path (FFT formulation included) a NaN/Inf in x makes exactly the outputs
+      and kernel-gradient entries non-finite that ``lax.conv_general_dilated`` does, one in the
+      incoming gradient exactly its input-gradient entries; a non-finite kernel tap reaches its
+      whole channel (lax spares entries where it only meets padding; ``xla_cpu.py``).
     """
     geometry = check_arguments(x, w, stride=stride, padding=padding, dilation=dilation,
                                bias=bias, implementation=implementation)
@@ -287,7 +288,7 @@ def depthwise_conv2d(x, w, *, stride=1, padding="SAME", dilation=1, bias=None,
         if path == "xla_cpu":
             taps = geometry.kernel[0] * geometry.kernel[1]
             y = xla_cpu.conv_valid(xp, w, geometry.stride, geometry.dilation,
-                                   *tuning.cpu_plan().choose(taps), geometry.padding)
+                                   *tuning.cpu_plan().choose(taps))
             if bias is not None:
                 y = y + bias.astype(F32)
             return y.astype(x.dtype)

@@ -166,15 +166,17 @@ def fft_kernel_grad(x_spec, g_spec, grid, w_shape, dilation):
 
 
 # ---------------------------------------------------------------------- non-finite values
-# lax.conv_general_dilated makes an output (or gradient) entry non-finite exactly when its sum
-# has a non-finite term, and padding is no term (a NaN tap that only meets padding spares that
-# output). An FFT would spread one NaN over the whole grid, and the direct sums here multiply
-# the padding zeros. So non-finite values are zeroed before either formulation runs, and the
-# entries whose sum has a non-finite term are set to NaN afterwards. Those entries are found by
-# running the same formulation on 0/1 indicator arrays (non-finite entries; real, unpadded
-# positions): a count > 0.5 means "has one" (the FFT's round-off on small integer counts is far
-# below 0.5). That runs only when some value is non-finite (lax.cond), so finite calls pay for
-# the isfinite checks alone. Non-finite results are NaN (lax may give +-Inf for an Inf input).
+# lax.conv_general_dilated makes an output entry non-finite exactly when its sum has a
+# non-finite term; an FFT spreads one NaN over its whole grid. The FFT formulation therefore
+# zeroes non-finite values first and afterwards sets to NaN the entries lax makes non-finite:
+# those whose window holds a non-finite input (forward, kernel gradient) or incoming gradient
+# (input gradient), found by running the same FFT on 0/1 indicator arrays (a count > 0.5; the
+# round-off on small integer counts is far below that). A non-finite kernel tap or incoming
+# gradient entry reaches every entry of its channel that sums over it: the whole channel of the
+# output and input gradient (tap), of the kernel gradient (gradient entry). (lax spares the few
+# entries where such a value only meets padding; the direct sums, which multiply the padding
+# zeros, do not, and the FFT follows them.) The marking runs only when some value is non-finite
+# (lax.cond). Non-finite results are NaN (lax may give +-Inf for an Inf input).
 def _split_finite(a):
     """(a with non-finite entries zeroed, their float32 0/1 indicator, whether there is one)."""
     bad = ~jnp.isfinite(a)
@@ -186,105 +188,63 @@ def _mark_nan(value, any_bad, counts):
     return lax.cond(any_bad, lambda v: jnp.where(counts() > 0.5, jnp.nan, v), lambda v: v, value)
 
 
-def _real(xp_shape, padding):
-    """1 at the positions of xp that hold input, 0 at padding: [1, Hp, Wp, C] float32."""
-    _, hp, wp, channels = xp_shape
-    (top, bottom), (left, right) = padding
-    ones = jnp.ones((1, hp - top - bottom, wp - left - right, channels), F32)
-    return lax.pad(ones, jnp.zeros((), F32), ((0, 0, 0), (top, bottom, 0), (left, right, 0),
-                                              (0, 0, 0)))
-
-
-def _valid(xp, w, stride, dilation, use_fft):
-    if not use_fft:
-        return direct_valid(xp, w, stride, dilation)
-    grid = _fft_grid(xp.shape)
-    ho, wo = _geometry(xp.shape, w.shape, stride, dilation)[2:]
-    return fft_forward(_input_spectrum(xp, grid), _kernel_spectrum(w, grid, dilation), grid,
-                       (ho, wo), stride)
-
-
-def _input_grad(g, w, xp_shape, stride, dilation, use_fft):
-    if not use_fft:
-        return direct_input_grad(g, w, xp_shape, stride, dilation)
-    grid = _fft_grid(xp_shape)
-    g_spec = _grad_spectrum(g, grid, stride, _covered(xp_shape, w.shape, stride, dilation))
-    return fft_input_grad(g_spec, _kernel_spectrum(w, grid, dilation), grid, xp_shape[1:3])
-
-
-def _kernel_grad(xp, g, w_shape, stride, dilation, use_fft):
-    if not use_fft:
-        return direct_kernel_grad(xp, g, w_shape, stride, dilation)
-    grid = _fft_grid(xp.shape)
-    g_spec = _grad_spectrum(g, grid, stride, _covered(xp.shape, w_shape, stride, dilation))
-    return fft_kernel_grad(_input_spectrum(xp, grid), g_spec, grid, w_shape, dilation)
-
-
-def _covered(xp_shape, w_shape, stride, dilation):
-    _, _, ho, wo = _geometry(xp_shape, w_shape, stride, dilation)
-    return (ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1
-
-
 # ------------------------------------------------------------------------------ custom vjp
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def conv_valid(xp, w, stride, dilation, forward_fft, train_fft, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_valid(xp, w, stride, dilation, forward_fft, train_fft):
     """VALID depthwise correlation of the padded input ``xp`` (float32 result).
 
     ``forward_fft`` picks the formulation when the call is not differentiated, ``train_fft``
     the one of the forward and both gradients when it is (``jax.custom_vjp`` runs its forward
     rule only under differentiation). They differ because the best choice differs: a direct
     forward alone is cheap up to ~9x9, while under differentiation the FFT forward's spectrum is
-    reused by the gradients. ``padding`` ((top, bottom), (left, right)) says which rows and
-    columns of ``xp`` are padding, so that non-finite values reach exactly the outputs and
-    gradients they reach in lax (section above).
+    reused by the gradients. Non-finite values: section above.
     """
-    return _forward(xp, w, stride, dilation, forward_fft, padding)[0]
+    return _forward(xp, w, stride, dilation, forward_fft)[0]
 
 
-def _forward(xp, w, stride, dilation, use_fft, padding):
+def _forward(xp, w, stride, dilation, use_fft):
+    kh, kw, ho, wo = _geometry(xp.shape, w.shape, stride, dilation)
+    if not use_fft:
+        return direct_valid(xp, w, stride, dilation), None, None
     xc, x_bad, any_x = _split_finite(xp)
     wc, w_bad, any_w = _split_finite(w)
-    x_spec = w_spec = None
-    if use_fft:
-        grid = _fft_grid(xp.shape)
-        ho, wo = _geometry(xp.shape, w.shape, stride, dilation)[2:]
-        x_spec, w_spec = _input_spectrum(xc, grid), _kernel_spectrum(wc, grid, dilation)
-        y = fft_forward(x_spec, w_spec, grid, (ho, wo), stride)
-    else:
-        y = direct_valid(xc, wc, stride, dilation)
-    y = _mark_nan(y, any_x | any_w, lambda: (
-        _valid(x_bad, jnp.ones_like(w_bad), stride, dilation, use_fft)
-        + _valid(_real(xp.shape, padding), w_bad, stride, dilation, use_fft)))
+    grid = _fft_grid(xp.shape)
+    x_spec, w_spec = _input_spectrum(xc, grid), _kernel_spectrum(wc, grid, dilation)
+    y = fft_forward(x_spec, w_spec, grid, (ho, wo), stride)
+    y = _mark_nan(y, any_x | any_w, lambda: jnp.sum(w_bad, axis=(0, 1)) + fft_forward(
+        _input_spectrum(x_bad, grid), _kernel_spectrum(jnp.ones_like(w_bad), grid, dilation),
+        grid, (ho, wo), stride))
     return y, x_spec, w_spec
 
 
-def _conv_valid_fwd(xp, w, stride, dilation, forward_fft, train_fft, padding):
-    y, x_spec, w_spec = _forward(xp, w, stride, dilation, train_fft, padding)
+def _conv_valid_fwd(xp, w, stride, dilation, forward_fft, train_fft):
+    y, x_spec, w_spec = _forward(xp, w, stride, dilation, train_fft)
     # xp is kept even when its spectrum is: it is alive anyway (it is the op's input).
     return y, (xp, w, x_spec, w_spec)
 
 
-def _conv_valid_bwd(stride, dilation, forward_fft, train_fft, padding, residuals, g):
+def _conv_valid_bwd(stride, dilation, forward_fft, train_fft, residuals, g):
     xp, w, x_spec, w_spec = residuals
-    xc, x_bad, any_x = _split_finite(xp)
-    wc, w_bad, any_w = _split_finite(w)
-    gc, g_bad, any_g = _split_finite(g)
-    if train_fft:  # the spectra of the (zeroed) input and kernel are the forward's
+    if train_fft:
+        kh, kw, ho, wo = _geometry(xp.shape, w.shape, stride, dilation)
         grid = _fft_grid(xp.shape)
-        g_spec = _grad_spectrum(gc, grid, stride, _covered(xp.shape, w.shape, stride, dilation))
+        covered = ((ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1)
+        # The spectra of the zeroed input and kernel are the forward's.
+        _, x_bad, any_x = _split_finite(xp)
+        _, w_bad, any_w = _split_finite(w)
+        gc, g_bad, any_g = _split_finite(g)
+        g_spec = _grad_spectrum(gc, grid, stride, covered)
         dx = fft_input_grad(g_spec, w_spec, grid, xp.shape[1:3])
         dw = fft_kernel_grad(x_spec, g_spec, grid, w.shape, dilation)
+        dx = _mark_nan(dx, any_g | any_w, lambda: jnp.sum(w_bad, axis=(0, 1)) + fft_input_grad(
+            _grad_spectrum(g_bad, grid, stride, covered),
+            _kernel_spectrum(jnp.ones_like(w_bad), grid, dilation), grid, xp.shape[1:3]))
+        dw = _mark_nan(dw, any_x | any_g, lambda: jnp.sum(g_bad, axis=(0, 1, 2)) + fft_kernel_grad(
+            _input_spectrum(x_bad, grid), _grad_spectrum(jnp.ones_like(g_bad), grid, stride,
+                                                         covered), grid, w.shape, dilation))
     else:
-        dx = direct_input_grad(gc, wc, xp.shape, stride, dilation)
-        dw = direct_kernel_grad(xc, gc, w.shape, stride, dilation)
-    ones_g = jnp.ones((1, *g.shape[1:]), F32)  # one image: where the taps land is the same
-    dx = _mark_nan(dx, any_g | any_w, lambda: (
-        _input_grad(g_bad, jnp.ones_like(w_bad), xp.shape, stride, dilation, train_fft)
-        + _input_grad(ones_g, w_bad, (1, *xp.shape[1:]), stride, dilation, train_fft)))
-    dw = _mark_nan(dw, any_x | any_g, lambda: (
-        _kernel_grad(x_bad, jnp.ones_like(g_bad), w.shape, stride, dilation, train_fft)
-        + _kernel_grad(jnp.broadcast_to(_real(xp.shape, padding), xp.shape), g_bad, w.shape,
-                       stride, dilation, train_fft)))
+        dx = direct_input_grad(g, w, xp.shape, stride, dilation)
+        dw = direct_kernel_grad(xp, g, w.shape, stride, dilation)
     return dx.astype(xp.dtype), dw.astype(w.dtype)
 
 
