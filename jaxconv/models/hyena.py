@@ -13,11 +13,14 @@ Initialisation: embeddings and Dense kernels of the blocks' MLPs N(0, 0.02) (GPT
 safari's ``_init_weights``; ``fc2`` rescaled by 1/sqrt(2 n_layer)); the Hyena operator keeps
 its own (Flax default) projections.
 
-| name | config | params |
-| --- | --- | --- |
-| ``hyena_153m`` | safari ``configs/experiment/pile/hyena.yaml``: d 864, 18 layers, d_inner 1728, vocab 50257 padded to 50264, emb_dim 33, filter_order 64, w 14, learned positional table, l_max 2048, tied head | 153,700,416 (paper: "Hyena-153M") |
-| ``hyena_lm_tiny`` | safari's associative-recall config (d 64, 2 layers, d_inner 256, emb_dim 5, w 10, fixed positional features) with this repo's default vocabulary 20 | 128,768 |
-| ``hyena_classifier_tiny`` | float [L, C] input, 2 x 64, mean pool | |
+Registered variants:
+
+* ``hyena_153m`` (153,700,416 params; the paper's "Hyena-153M"): safari's
+  ``configs/experiment/pile/hyena.yaml``: d 864, 18 layers, d_inner 1728, vocab 50257 padded
+  to 50264, emb_dim 33, filter_order 64, w 14, learned positional table, l_max 2048, tied head.
+* ``hyena_lm_tiny`` (128,768): safari's associative-recall config (d 64, 2 layers, d_inner
+  256, emb_dim 5, w 10, fixed positional features) with this repo's default vocabulary 20.
+* ``hyena_classifier_tiny``: float [L, C] input, 2 x 64, mean pool.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import jax.numpy as jnp
 
 from jaxconv.layers import HyenaFilter, HyenaOperator, canonical_dtype
 from jaxconv.models.checks import check_choice, check_rate, positive_ints
-from jaxconv.models.long_conv import POOLS, pool_and_project
+from jaxconv.models.long_conv import project
+from jaxconv.models.tcn import POOLS, pool_sequence
 from jaxconv.registry import register_model
 
 __all__ = ["Hyena", "HyenaBlock"]
@@ -146,7 +150,8 @@ class Hyena(nn.Module):
                          name="ln_f")(h)
         if self.pool == "none" and self.tie_embeddings and embed is not None:
             return embed.attend(h).astype(jnp.float32)
-        return pool_and_project(h, self.pool, self.num_classes, dtype=self.dtype, name="head")
+        return project(pool_sequence(self, h, self.pool), self.num_classes, dtype=self.dtype,
+                       name="head")
 
 
 _PAPER = ("Poli et al. 2023, Hyena Hierarchy: Towards Larger Convolutional Language Models, "

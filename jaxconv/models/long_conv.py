@@ -16,11 +16,13 @@ kernel norm): ``model.apply(variables, ...)`` with the variables ``init`` return
 
 Registered variants and parameter counts (float32, including BatchNorm scale/bias):
 
-| name | config | params |
-| --- | --- | --- |
-| ``long_conv_listops`` | safari ``configs/experiment/lra/long-conv-lra-listops.yaml``: 8 x 128, channels 2, lam 0.002, kernel dropout 0.2, causal, BatchNorm post-norm, mean pool, l_max 2048, vocab 18 | 4,728,330 |
-| ``sgconv_listops`` | the same S4 ListOps backbone with ctlllll/SGConv ``GConv`` defaults (kernel_dim 64, 6 scales for 2048, decay 2, 1 channel, bidirectional as in the S4 LRA runs SGConv follows) | 925,194 |
-| ``long_conv_tiny`` / ``sgconv_tiny`` | tests / runlocal: 2 x 32 on float [L, 1] | |
+* ``long_conv_listops`` (4,728,330): safari's
+  ``configs/experiment/lra/long-conv-lra-listops.yaml``: 8 x 128, channels 2, lam 0.002,
+  kernel dropout 0.2, causal, BatchNorm post-norm, mean pool, l_max 2048, 18 token ids.
+* ``sgconv_listops`` (925,194): the same S4 ListOps backbone with ctlllll/SGConv ``GConv``
+  defaults (kernel_dim 64, 6 scales for 2048, decay 2, one channel), bidirectional as the S4
+  LRA runs SGConv follows.
+* ``long_conv_tiny`` / ``sgconv_tiny``: 2 x 32 on float [L, 1], for tests and runlocal.
 
 Neither paper states a per-task parameter count for ListOps; the tests check these counts
 against the arithmetic of the configs above (``tests/models/test_sequence_lm.py``).
@@ -34,12 +36,11 @@ import jax.numpy as jnp
 
 from jaxconv.layers import LongConv, SGConv, batch_norm, canonical_dtype
 from jaxconv.models.checks import check_choice, check_rate, positive_ints
+from jaxconv.models.tcn import POOLS, pool_sequence
 from jaxconv.registry import register_model
 
-__all__ = ["LongConvNet", "MIXERS", "NORMS", "POOLS", "encode_sequence", "pool_and_project"]
+__all__ = ["LongConvNet", "MIXERS", "NORMS", "encode_sequence", "project"]
 
-#: The ``pool`` values of the issue-12 sequence contract.
-POOLS = ("mean", "last", "none")
 MIXERS = {"long_conv": LongConv, "sgconv": SGConv}
 NORMS = ("batch", "layer")
 
@@ -58,12 +59,8 @@ def encode_sequence(x, *, vocab_size: int | None, features: int, dtype, name: st
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)(x.astype(dtype))
 
 
-def pool_and_project(x, pool: str, num_classes: int, *, dtype, name: str = "decoder"):
-    """The ``pool`` contract: mean / last over L, or per position ("none"), then a Dense."""
-    if pool == "mean":
-        x = jnp.mean(x, axis=1)
-    elif pool == "last":
-        x = x[:, -1]
+def project(x, num_classes: int, *, dtype, name: str = "decoder"):
+    """The classifier / per-position head after pooling: a Dense, float32 out."""
     y = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, name=name)(x)
     return y.astype(jnp.float32)
 
@@ -126,7 +123,7 @@ class LongConvNet(nn.Module):
                 x = self._norm(train, f"norm_{i}")(x + drop(mixer(x, train)))
         if self.prenorm:
             x = self._norm(train, "norm_final")(x)
-        return pool_and_project(x, self.pool, self.num_classes, dtype=self.dtype)
+        return project(pool_sequence(self, x, self.pool), self.num_classes, dtype=self.dtype)
 
 
 _LONG_CONV_PAPER = ("Fu et al. 2023, Simple Hardware-Efficient Long Convolutions for Sequence "

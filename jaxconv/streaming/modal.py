@@ -185,6 +185,48 @@ def _hyena_filter(channels: int, length: int, seed: int) -> np.ndarray:
     return np.asarray(k)
 
 
+def _trained_hyena_filter(steps: int, length: int, seed: int) -> np.ndarray:
+    """The first block's implicit filters of ``hyena_lm_tiny`` after ``steps`` Adam steps on
+    associative recall (``assoc_recall_<length>``, batch 32, lr 5e-4 as safari's config)."""
+    import optax
+
+    import jaxconv
+    from jaxconv.data.sequences import sequence_source
+    from jaxconv.layers import HyenaFilter
+
+    model = jaxconv.create_model("hyena_lm_tiny")
+    source = sequence_source(f"assoc_recall_{length}", "train")
+    tx = optax.adamw(5e-4, weight_decay=0.1)
+
+    def batch(i):
+        rows = [source[(i * 32 + j) % len(source)] for j in range(32)]
+        return (jnp.asarray(np.stack([r["image"] for r in rows])),
+                jnp.asarray(np.stack([r["label"] for r in rows])))
+
+    @jax.jit
+    def train_step(params, opt_state, x, y, key):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
+            mask = (y >= 0).astype(jnp.float32)
+            return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    x, _ = batch(0)
+    params = jax.jit(model.init)(jax.random.key(seed), x)["params"]
+    opt_state = tx.init(params)
+    for i in range(steps):
+        x, y = batch(i)
+        params, opt_state, loss = train_step(params, opt_state, x, y, jax.random.key(i))
+    print(f"hyena_lm_tiny after {steps} steps on assoc_recall_{length}: loss {float(loss):.3f}")
+    filt = HyenaFilter(model.d_model, max_len=None, filter_order=model.filter_order,
+                       **dict(model.filter_kwargs))
+    k, _ = filt.apply({"params": params["blocks_0"]["mixer"]["filter_fn"]}, length)
+    return np.asarray(k)
+
+
 def _time(fn, *args, repeats: int = 5, number: int = 50) -> float:
     """Median seconds per call of a jitted ``fn`` (compiled and warmed first)."""
     jax.block_until_ready(fn(*args))
@@ -237,6 +279,14 @@ def latency(k: np.ndarray, order: int, batch: int) -> dict[str, float]:
             "fft_window": _time(recompute, window, u_t, number=10)}
 
 
+def _print_errors(k: np.ndarray, orders) -> None:
+    print("| state size | mean rel. L2 | max rel. L2 | max rel. L1 |")
+    print("| --- | --- | --- | --- |")
+    orders = [o for o in orders if o <= (k.shape[1] - 1) // 2]
+    for order, mean, worst, l1 in error_table(k, orders):
+        print(f"| {order} | {mean:.2e} | {worst:.2e} | {l1:.2e} |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--length", type=int, nargs="+", default=[1024, 4096])
@@ -247,17 +297,22 @@ def main(argv=None) -> None:
                         help="state size of the timed recurrence")
     parser.add_argument("--error_channels", type=int, default=32,
                         help="channels fitted for the error table (the fit is per channel)")
+    parser.add_argument("--train_steps", type=int, default=0,
+                        help="also distil hyena_lm_tiny's first-block filters after this many "
+                             "training steps on associative recall (at the first --length)")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind} | jax {jax.__version__}")
+    if args.train_steps:
+        length = args.length[0]
+        k = _trained_hyena_filter(args.train_steps, length, seed=0)
+        print(f"\nTrained Hyena filter (64 channels), L={length}: relative error vs state size")
+        _print_errors(k, args.orders)
     for length in args.length:
         k = _hyena_filter(args.channels, length, seed=0)
         print(f"\nHyena filter at init, L={length}: relative error vs state size "
               f"({args.error_channels} channels)")
-        print("| state size | mean rel. L2 | max rel. L2 | max rel. L1 |")
-        print("| --- | --- | --- | --- |")
-        for order, mean, worst, l1 in error_table(k[:args.error_channels], args.orders):
-            print(f"| {order} | {mean:.2e} | {worst:.2e} | {l1:.2e} |")
+        _print_errors(k[:args.error_channels], args.orders)
         t = latency(k, args.step_order, args.batch)
         print(f"\nper-token latency, B={args.batch}, H={args.channels}, window L={length}, "
               f"state {args.step_order}:")

@@ -10,7 +10,7 @@ import pytest
 
 from jaxconv.layers import DynamicConv, LightweightConv
 from jaxconv.layers.dynamic_conv import conv_padding
-from tests.helpers import assert_causal
+from tests.helpers import assert_causal, run_jitted
 
 
 def band_reference(x, weight, causal):
@@ -29,11 +29,11 @@ def band_reference(x, weight, causal):
     return jnp.einsum("bths,bshr->bthr", matrix, xh).reshape(x.shape)
 
 
-CASES = [  # batch, length, channels, heads, kernel, causal
-    (2, 11, 6, 3, 4, True),
-    (1, 9, 8, 2, 5, False),
+CASES = [  # batch, length, channels, heads, kernel, causal (more shapes with -m slow)
     (2, 7, 4, 4, 6, False),     # even kernel, non-causal: pads (3, 2)
     (1, 5, 3, 1, 8, True),      # kernel longer than the sequence
+    pytest.param((2, 11, 6, 3, 4, True), marks=pytest.mark.slow),
+    pytest.param((1, 9, 8, 2, 5, False), marks=pytest.mark.slow),
 ]
 
 
@@ -58,11 +58,18 @@ def test_lightweight_matches_reference_forward_and_backward(case):
         w = jax.nn.softmax(p["weight"], axis=-1)
         return band_reference(x, jnp.broadcast_to(w, (batch, length, heads, taps)), causal)
 
-    np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
     ct = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape), jnp.float32)
-    g_ours = jax.grad(lambda p, x: jnp.sum(ours(p, x) * ct), argnums=(0, 1))(params, x)
-    g_ref = jax.grad(lambda p, x: jnp.sum(ref(p, x) * ct), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+    _compare(ours, ref, params, x, ct)
+
+
+def _compare(ours, ref, params, x, ct):
+    """Forward and the gradients w.r.t. params and input, all in one compiled call."""
+    def both(params, x):
+        return [(f(params, x), jax.grad(lambda p, x: jnp.sum(f(p, x) * ct), (0, 1))(params, x))
+                for f in (ours, ref)]
+    (y, g), (y_ref, g_ref) = run_jitted(both, params, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -82,21 +89,18 @@ def test_dynamic_matches_reference_forward_and_backward(case):
         w = (x @ lin["kernel"] + lin["bias"]).reshape(batch, length, heads, taps)
         return band_reference(x, jax.nn.softmax(w, axis=-1), causal) + p["bias"]
 
-    np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
     ct = jnp.asarray(np.random.default_rng(5).standard_normal(x.shape), jnp.float32)
-    g_ours = jax.grad(lambda p, x: jnp.sum(ours(p, x) * ct), argnums=(0, 1))(params, x)
-    g_ref = jax.grad(lambda p, x: jnp.sum(ref(p, x) * ct), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    _compare(ours, ref, params, x, ct)
 
 
-@pytest.mark.parametrize("cls", [LightweightConv, DynamicConv])
+@pytest.mark.parametrize("cls", [LightweightConv,
+                                 pytest.param(DynamicConv, marks=pytest.mark.slow)])
 def test_causal_and_noncausal(cls):
     x = jnp.asarray(np.random.default_rng(6).standard_normal((1, 8, 4)), jnp.float32)
     for causal in (True, False):
         layer = cls(2, 3, causal=causal, weight_softmax=False)
         params = layer.init(jax.random.key(7), x)
-        fn = lambda x: layer.apply(params, x)  # noqa: E731
+        fn = jax.jit(lambda x: layer.apply(params, x))
         if causal:
             assert_causal(fn, x)
         else:

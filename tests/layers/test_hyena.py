@@ -13,7 +13,10 @@ import pytest
 
 from jaxconv.layers import HyenaFilter, HyenaOperator
 from jaxconv.layers.hyena import exponential_decay, positional_features
-from tests.helpers import assert_causal
+from tests.helpers import assert_causal, run_jitted
+
+# fft_conv's FFT path leaves float rounding (~1e-8) on future positions: tolerate it.
+FFT_ROUNDING = 1e-5
 
 
 def test_positional_features_and_decay():
@@ -66,7 +69,8 @@ def reference_hyena(p, u, order, emb_dim, max_len):
     return y @ p["out_proj"]["kernel"] + p["out_proj"]["bias"]
 
 
-@pytest.mark.parametrize("order, length, width", [(2, 11, 4), (3, 8, 3)])
+@pytest.mark.parametrize("order, length, width", [
+    (3, 8, 3), pytest.param(2, 11, 4, marks=pytest.mark.slow)])
 def test_operator_forward_and_backward_match_reference(order, length, width):
     rng = np.random.default_rng(order)
     u = jnp.asarray(rng.standard_normal((2, length, width)), jnp.float32)
@@ -83,10 +87,14 @@ def test_operator_forward_and_backward_match_reference(order, length, width):
     def ref(p, u):
         return reference_hyena(p, u, order, 5, 16)
 
-    np.testing.assert_allclose(ours(params, u), ref(params, u), rtol=2e-4, atol=2e-5)
     ct = jnp.asarray(rng.standard_normal(u.shape), jnp.float32)
-    g_ours = jax.grad(lambda p, u: jnp.sum(ours(p, u) * ct), (0, 1))(params, u)
-    g_ref = jax.grad(lambda p, u: jnp.sum(ref(p, u) * ct), (0, 1))(params, u)
+
+    def both(params, u):
+        return [(f(params, u), jax.grad(lambda p, u: jnp.sum(f(p, u) * ct), (0, 1))(params, u))
+                for f in (ours, ref)]
+
+    (y, g_ours), (y_ref, g_ref) = run_jitted(both, params, u)
+    np.testing.assert_allclose(y, y_ref, rtol=2e-4, atol=2e-5)
     flat_ref = dict(jax.tree_util.tree_leaves_with_path(g_ref))
     for path, g in jax.tree_util.tree_leaves_with_path(g_ours):
         scale = float(jnp.max(jnp.abs(flat_ref[path]))) + 1e-6
@@ -99,7 +107,7 @@ def test_operator_is_causal_and_filter_without_table():
     layer = HyenaOperator(order=3, filter_order=4, filter_kwargs={"train_pos_emb": False})
     variables = layer.init(jax.random.key(1), x)
     assert "z" not in variables["params"]["filter_fn"]
-    assert_causal(lambda x: layer.apply(variables, x), x)
+    assert_causal(jax.jit(lambda x: layer.apply(variables, x)), x, atol=FFT_ROUNDING)
 
 
 def test_dropout_and_bfloat16():

@@ -12,6 +12,9 @@ import pytest
 import jaxconv
 from tests.helpers import assert_causal, run_jitted
 
+# fft_conv's FFT path leaves float rounding (~1e-8) on future positions: tolerate it.
+FFT_ROUNDING = 1e-5
+
 
 def _count(name, **overrides):
     model = jaxconv.create_model(name, **overrides)
@@ -57,10 +60,11 @@ def test_hyena_lm_tiny_parameter_count():
 
 @pytest.mark.parametrize("name, overrides, shape", [
     ("hyena_lm_tiny", {}, (2, 16, 20)),
-    ("hyena_lm_tiny", {"pool": "last", "num_classes": 3}, (2, 3)),
-    ("hyena_classifier_tiny", {}, (2, 10)),
     ("long_conv_tiny", {"pool": "none"}, (2, 16, 10)),
     ("sgconv_tiny", {"pool": "last", "vocab_size": 7}, (2, 10)),
+    pytest.param("hyena_lm_tiny", {"pool": "last", "num_classes": 3}, (2, 3),
+                 marks=pytest.mark.slow),
+    pytest.param("hyena_classifier_tiny", {}, (2, 10), marks=pytest.mark.slow),
 ])
 def test_pool_contract_shapes(name, overrides, shape):
     model = jaxconv.create_model(name, **overrides)
@@ -71,14 +75,17 @@ def test_pool_contract_shapes(name, overrides, shape):
     assert np.isfinite(np.asarray(y)).all()
 
 
-@pytest.mark.parametrize("name", ["hyena_classifier_tiny", "long_conv_tiny", "sgconv_tiny"])
+@pytest.mark.parametrize("name", [
+    "hyena_classifier_tiny", pytest.param("long_conv_tiny", marks=pytest.mark.slow),
+    pytest.param("sgconv_tiny", marks=pytest.mark.slow)])
 def test_per_position_models_are_causal(name):
     model = jaxconv.create_model(name, pool="none", d_model=8)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 10, 1)), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(0), x)
-    assert_causal(jax.jit(lambda x: model.apply(variables, x)), x)
+    assert_causal(jax.jit(lambda x: model.apply(variables, x)), x, atol=FFT_ROUNDING)
 
 
+@pytest.mark.slow
 def test_hyena_lm_fits_a_batch():
     """A few Adam steps on one batch of next-token targets drive the loss down (dropout on)."""
     model = jaxconv.create_model("hyena_lm_tiny", d_model=16, d_inner=32, filter_order=8)
@@ -106,7 +113,8 @@ def test_hyena_lm_fits_a_batch():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: jaxconv.create_model("hyena_lm_tiny", num_classes=7), "num_classes \\(7\\) must equal"),
+    (lambda: jaxconv.create_model("hyena_lm_tiny", num_classes=7),
+     "num_classes \\(7\\) must equal"),
     (lambda: jaxconv.create_model("hyena_lm_tiny", pool="max"), "pool"),
     (lambda: jaxconv.create_model("hyena_lm_tiny", order=1), "order"),
     (lambda: jaxconv.create_model("hyena_lm_tiny", filter_kwargs={"emb_dim": 4}), "emb_dim"),
