@@ -15,8 +15,13 @@ Argument: PROBLEM[,MODEL][,runlocal]; PROBLEM one of gunpoint, arrowhead, osulea
 italypowerdemand, basicmotions, japanesevowels, pickupgesturewiimotez; MODEL ucr_fcn (default)
 or ucr_resnet (or any sequence classifier). Expected time: not measured at 2000 epochs (GunPoint
 is 50 series of 150 steps: 7,000 steps of batch 5 at ~0.02 s on an accelerator, minutes;
-ACSF1's 1460-step series take longest). `:runlocal` trains 300 steps: measured on the shared
-2-core CPU (jax 0.10.2, load ~12), see the issue-12 report for the accuracies and times.
+ACSF1's 1460-step series take longest). `:runlocal` trains 300 steps. Measured with
+`:PROBLEM,MODEL,runlocal --config.num_train_steps=1000` (80-100 epochs, not 1500-2000) on the
+shared 2-core CPU (jax 0.10.2, load ~20), test error (Wang et al.'s Table, FCN / ResNet):
+
+    GunPoint          FCN 0.000 (0.000), 4.1 min   ResNet 0.020 (0.007), 10.3 min
+    ItalyPowerDemand  FCN 0.037 (0.030), 2.2 min   ResNet 0.039 (0.040),  4.7 min
+    ArrowHead         FCN 0.349 (0.120), 3.8 min   ResNet 0.189 (0.183),  7.9 min
 """
 from __future__ import annotations
 

@@ -15,8 +15,16 @@ report plots them against the length (`versus_length.png`, one line per model).
 Default: the *_tiny models, associative recall at L = 256, 1024, 4096, 8192 and the two digit
 lengths, 2000 steps of batch 32 each (an accelerator sweep: not measured). `:runlocal`: the
 same models on associative recall with a vocabulary of 10 (4 keys, 4 values: chance 1/4) at
-L = 64 and 256, 300 steps of batch 16; see the README of issue 12 / the final report for its measured time and accuracies
-on the shared 2-core CPU (a smoke-scale comparison: far too few steps to separate the models).
+L = 64 and 256, 300 steps of batch 16. Measured on the shared 2-core CPU (jax 0.10.2, load
+20-25 from other jobs): 12 runs, 38 min in all (40 s - 9 min per run, mostly compiles). Test
+recall (256 queries; chance 0.25) at L = 64 / 256 after 300 steps, a smoke-scale comparison:
+
+    seq_attention_tiny 0.54 / 0.49   hyena_lm_tiny 0.50 / 0.31   long_conv_tiny 0.44 / 0.33
+    sgconv_tiny        0.41 / 0.32   ckconv_tiny   0.50 / 0.00   tcn_tiny       0.24 / 0.22
+
+(tcn_tiny's receptive field is 15 steps; ckconv_tiny at 256 trains to 0.36 per-token accuracy
+but scores 0 at test: see the issue-12 report). The rows' params/FLOPs need sequence inputs in
+jaxconv.analysis (rows fail there until it takes (B, L) int32 / (B, L, C) inputs).
 """
 from experiments.configs import seq_tasks
 from jaxconv import data, registry
