@@ -69,8 +69,24 @@ def test_init_variables_is_abstract():
     leaves = jax.tree.leaves(variables)
     assert leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
     assert set(variables) == {"params", "batch_stats"}
-    with pytest.raises(ValueError, match="B, H, W, C"):
-        init_variables(TinyDense(), (2, 2, 1))
+    for bad in ((2,), (1, 2, 3, 4, 5, 6), (2, 0, 1)):
+        with pytest.raises(ValueError, match="B, H, W, C"):
+            init_variables(TinyDense(), bad)
+
+
+def test_costs_of_sequence_and_token_models():
+    """Sequence models are measured at (B, L, C); token models at (B, L) int32 ids (a float
+    input would fail in their embedding). A per-token Dense over L positions counts L times."""
+    dense = nn.Dense(3)
+    assert model_flops(_Apply(dense), (1, 5, 2)) == 5 * (2 * 2 * 3 + 3)
+    lm = jaxconv.create_model("hyena_lm_tiny")
+    length = jaxconv.model_info("hyena_lm_tiny").input_size[0]
+    variables = init_variables(lm, (1, length), input_dtype="int32")
+    embed = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+             if "embedding" in jax.tree_util.keystr(path)]
+    assert embed and count_params(variables["params"]) > 0
+    assert model_flops(lm, (1, length), input_dtype="int32") > 0
+    assert model_activations(lm, (1, length), input_dtype="int32") > 0
 
 
 @pytest.mark.parametrize(
@@ -206,3 +222,13 @@ def test_activations_resnet_matches_published_and_scan_layout():
     scanned = model_activations(jaxconv.create_model("resnet20"), (1, 32, 32, 3))
     unrolled = model_activations(jaxconv.create_model("resnet20", scan_blocks=False), (1, 32, 32, 3))
     assert scanned == unrolled > 0
+
+
+class _Apply(nn.Module):
+    """Wraps a layer in the zoo's ``__call__(x, train)`` signature."""
+    layer: nn.Module
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return self.layer(x)
+

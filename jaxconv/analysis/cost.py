@@ -64,21 +64,29 @@ def count_params(tree: Any) -> int:
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    if len(shape) != 4 or any(
+    if not 2 <= len(shape) <= 5 or any(
         isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
     ):
-        raise ValueError(f"input_shape must be 4 positive ints (B, H, W, C), got {input_shape!r}")
+        raise ValueError("input_shape must be 2-5 positive ints: (B, H, W, C) images, (B, L, C) "
+                         f"sequences, (B, L) token ids, (B, D, H, W, C) volumes; got {input_shape!r}")
     return shape
 
 
-def init_variables(model: nn.Module, input_shape: Sequence[int], rng=None) -> dict:
-    """Abstract variables of ``model`` for a float32 input of ``input_shape`` (B, H, W, C).
+def _input(input_shape: Sequence[int], input_dtype) -> jax.ShapeDtypeStruct:
+    """The abstract input: float32 unless ``input_dtype`` says otherwise (int32 token ids)."""
+    return jax.ShapeDtypeStruct(_check_shape(input_shape), jnp.dtype(input_dtype))
+
+
+def init_variables(model: nn.Module, input_shape: Sequence[int], rng=None, *,
+                   input_dtype="float32") -> dict:
+    """Abstract variables of ``model`` for an input of ``input_shape`` (B, H, W, C) (or (B, L, C),
+    (B, L) with ``input_dtype="int32"`` for token ids, (B, D, H, W, C)).
 
     Runs ``model.init(rng, x, train=False)`` under ``jax.eval_shape``: the result has
     ``jax.ShapeDtypeStruct`` leaves and costs a trace, no compilation or initialiser.
     ``rng`` defaults to an abstract key.
     """
-    x = jax.ShapeDtypeStruct(_check_shape(input_shape), jnp.float32)
+    x = _input(input_shape, input_dtype)
     return jax.eval_shape(
         lambda key, inputs: model.init(key, inputs, train=False),
         _ABSTRACT_KEY if rng is None else rng,
@@ -118,10 +126,9 @@ def _train_step(model: nn.Module):
     return step
 
 
-def _abstract_args(model, input_shape):
-    variables = init_variables(model, input_shape)
-    x = jax.ShapeDtypeStruct(_check_shape(input_shape), jnp.float32)
-    return variables, x, _ABSTRACT_KEY
+def _abstract_args(model, input_shape, input_dtype="float32"):
+    variables = init_variables(model, input_shape, input_dtype=input_dtype)
+    return variables, _input(input_shape, input_dtype), _ABSTRACT_KEY
 
 
 def _unrolled(model: nn.Module) -> nn.Module:
@@ -143,7 +150,8 @@ ACTIVATION_LAYERS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Dense, nn.Dense
                      *DEPTHWISE_LAYERS)
 
 
-def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
+def model_activations(model: nn.Module, input_shape: Sequence[int], *,
+                      input_dtype="float32") -> int:
     """Activations of one eval-mode forward pass over ``input_shape`` (B, H, W, C): the element
     count of every conv/dense layer output (:data:`ACTIVATION_LAYERS`).
 
@@ -152,7 +160,7 @@ def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     (a trace, no compilation); scanned blocks are counted unrolled.
     """
     model = _unrolled(model)
-    variables, x, _ = _abstract_args(model, input_shape)
+    variables, x, _ = _abstract_args(model, input_shape, input_dtype)
     total = 0
 
     def count(next_fun, args, kwargs, context):
@@ -173,7 +181,8 @@ def model_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(total)
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+def count_macs(model: nn.Module, input_shape: Sequence[int], *,
+               input_dtype="float32") -> int:
     """Multiply-adds of the ``nn.Conv``, ``nn.Dense`` and depthwise-conv layers
     (:class:`~jaxconv.layers.DepthwiseConv2D`, DCLS at its dense window) of one eval-mode forward
     pass over ``input_shape`` (B, H, W, C): the convention of papers' "FLOPs" tables (VGG,
@@ -182,7 +191,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     all the work (padding taps excluded, 2 FLOPs per multiply-add) see :func:`model_flops`.
     Computed on abstract values; scanned blocks are counted unrolled."""
     model = _unrolled(model)
-    variables, x, _ = _abstract_args(model, input_shape)
+    variables, x, _ = _abstract_args(model, input_shape, input_dtype)
     total = 0
 
     def count(next_fun, args, kwargs, context):
@@ -208,7 +217,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(total)
 
 
-def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = False) -> float:
+def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = False,
+                input_dtype="float32") -> float:
     """FLOPs of one forward pass over a batch of ``input_shape`` (B, H, W, C).
 
     The number is XLA's ``HloCostAnalysis`` of the *lowered* (pre-optimisation) apply, so no
@@ -222,7 +232,8 @@ def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = F
     ``train=True`` measures the train-mode forward (BatchNorm with batch statistics).
     """
     model = _unrolled(model)
-    lowered = jax.jit(_forward(model, train)).lower(*_abstract_args(model, input_shape))
+    args = _abstract_args(model, input_shape, input_dtype)
+    lowered = jax.jit(_forward(model, train)).lower(*args)
     if "stablehlo.while" in lowered.as_text():
         warnings.warn(
             f"{type(model).__name__} lowers to a loop; XLA counts a loop body once, so "
@@ -236,7 +247,8 @@ def model_flops(model: nn.Module, input_shape: Sequence[int], *, train: bool = F
     return float(cost["flops"])
 
 
-def compile_time(model: nn.Module, input_shape: Sequence[int], *, train: bool) -> float:
+def compile_time(model: nn.Module, input_shape: Sequence[int], *, train: bool,
+                 input_dtype="float32") -> float:
     """Seconds to lower and compile the forward (``train=False``, eval mode) or the
     forward+backward step (``train=True``: train-mode apply, cross-entropy, gradients with respect
     to the params) of ``model`` on ``input_shape``, for the default backend.
@@ -245,7 +257,7 @@ def compile_time(model: nn.Module, input_shape: Sequence[int], *, train: bool) -
     in-memory cache is not hit; a persistent compilation cache, if configured, would be.
     """
     fn = _train_step(model) if train else _forward(model, False)
-    args = _abstract_args(model, input_shape)
+    args = _abstract_args(model, input_shape, input_dtype)
     start = time.perf_counter()
     jax.jit(fn).lower(*args).compile()
     return time.perf_counter() - start

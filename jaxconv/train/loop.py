@@ -112,17 +112,6 @@ def model_input_shape(config, info) -> tuple[int, ...]:
     return (h, w, c) if config.image_size is None else (config.image_size, config.image_size, c)
 
 
-class _TokenInit:
-    """``create_train_state`` initializes with float32 zeros; a token model needs int32 ids
-    (same parameters). Drop this once ``create_train_state`` takes an input dtype."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def init(self, rng, x, **kwargs):
-        return self.model.init(rng, x.astype(jnp.int32), **kwargs)
-
-
 def _first_non_finite(host_metrics: list[dict], last_step: int) -> int | None:
     """The first step among the fetched per-step metrics (ending at ``last_step``) whose loss is
     not finite, or None."""
@@ -204,8 +193,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mesh = mesh_lib.make_data_mesh()
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     tx, schedule = make_optimizer(config, total_steps)
-    state = create_train_state(_TokenInit(model) if info.image_dtype == "int32" else model, tx,
-                               (1, *model_input_shape(config, info)), config.seed)
+    state = create_train_state(model, tx, (1, *model_input_shape(config, info)), config.seed,
+                               input_dtype=info.image_dtype)
     state = jax.device_put(state, repl)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)

@@ -17,13 +17,16 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array                  # raw uint32 key; per-step keys are fold_in(rng, step)
 
 
-def create_train_state(model, tx: optax.GradientTransformation, input_shape, seed: int) -> TrainState:
-    """Initializes parameters with the model's own initializers (jitted once, on the default device)."""
+def create_train_state(model, tx: optax.GradientTransformation, input_shape, seed: int, *,
+                       input_dtype="float32") -> TrainState:
+    """Initializes parameters with the model's own initializers (jitted once, on the default
+    device), tracing the model on zeros of ``input_shape`` and ``input_dtype`` (int32 for token
+    ids)."""
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
 
     @jax.jit
     def init():
-        variables = dict(model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False))
+        variables = dict(model.init(init_rng, jnp.zeros(input_shape, input_dtype), train=False))
         params = variables.pop("params")
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                           opt_state=tx.init(params), rng=train_rng)

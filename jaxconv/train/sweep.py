@@ -275,9 +275,11 @@ def _model_costs(config) -> dict:
     info = data.dataset_info(config.dataset)
     model = build_model(config, info)
     shape = (1, *model_input_shape(config, info))
-    return {"params": analysis.count_params(analysis.init_variables(model, shape)["params"]),
-            "flops": analysis.model_flops(model, shape),
-            "activations": analysis.model_activations(model, shape),
+    dtype = info.image_dtype  # int32 token ids for token datasets
+    variables = analysis.init_variables(model, shape, input_dtype=dtype)
+    return {"params": analysis.count_params(variables["params"]),
+            "flops": analysis.model_flops(model, shape, input_dtype=dtype),
+            "activations": analysis.model_activations(model, shape, input_dtype=dtype),
             "input_size": "x".join(map(str, shape[1:]))}
 
 
