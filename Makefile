@@ -11,6 +11,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	# aeon only for the UCR/UEA files bundled in its wheel (never imported); its dependencies
+	# (numba, pandas<3.1) are not needed and conflict with the pins.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt aeon
 	touch $@
 
 # The demo sweep: 6 small ResNets on the offline digits (no network), then the summary table and
