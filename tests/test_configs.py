@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from jaxconv.data.info import TFDS_DATASETS
 from jaxconv.train import validate_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -30,6 +31,9 @@ ARGS = {
     "cifar10_coatnet": [None, "coatnet_0_224", "coatnet_0_rw_224,runlocal"],
     "cifar10_replknet": [None, "runlocal", "unireplknet_a,runlocal"],
     "cifar10_attention": [None, "nat_tiny", "cvt_13", "nat_mini,runlocal", "cvt_13,runlocal"],
+    "seq_tasks": [None, "listops", "copy_memory", "assoc_recall,runlocal", "adding,runlocal",
+                  "assoc_recall,seq_attention_tiny,runlocal"],
+    "seq_ucr": [None, "osuleaf,ucr_resnet", "basicmotions,runlocal"],
 }
 
 
@@ -47,7 +51,7 @@ def test_config_validates(name, arg):
     if arg and "runlocal" in arg:
         # Smoke settings must train on offline data, on a CPU, in minutes.
         # (imagenet_resnet's runlocal is a short run on prepared ImageNet, by design.)
-        assert config.dataset in ("digits", "digits32", "mnist1d") or name == "imagenet_resnet"
+        assert config.dataset not in TFDS_DATASETS or name == "imagenet_resnet"
 
 
 @pytest.mark.parametrize("name", sorted(ARGS))
