@@ -69,7 +69,11 @@ def fold_batch_norms(model: nn.Module, variables: Mapping,
     for layer, bn, epsilon in pairs:
         mean, var = np.asarray(stats[bn + ("mean",)]), np.asarray(stats[bn + ("var",)])
         factor = np.asarray(params[bn + ("scale",)]) / np.sqrt(var + epsilon)
-        params[layer + ("kernel",)] = np.asarray(params[layer + ("kernel",)]) * factor
+        kernel = np.asarray(params[layer + ("kernel",)])
+        # Blocks stacked by nn.scan carry leading axes ([L, C] stats, [L, kh, kw, I, O] kernels).
+        lead = factor.shape[:-1]
+        params[layer + ("kernel",)] = kernel * factor.reshape(
+            lead + (1,) * (kernel.ndim - factor.ndim) + factor.shape[-1:])
         if layer + ("bias",) in params:
             params[layer + ("bias",)] = np.asarray(params[layer + ("bias",)]) * factor
         params[bn + ("bias",)] = np.asarray(params[bn + ("bias",)]) - mean * factor
@@ -82,8 +86,14 @@ def fold_batch_norms(model: nn.Module, variables: Mapping,
 
 def prepare_for_quantization(model: nn.Module, variables: Mapping,
                              input_shape: Sequence[int]) -> tuple[nn.Module, dict, list]:
-    """Deploy form (re-parameterized where the model has one) with BatchNorms folded:
-    ``(model, variables, folded_pairs)``."""
+    """Deploy form (re-parameterized where the model has one, ResNet blocks unrolled from
+    ``nn.scan``) with BatchNorms folded: ``(model, variables, folded_pairs)``."""
+    if getattr(model, "scan_blocks", False):
+        # Blocks under nn.scan: qwix's quantized params and the calibration collection are per
+        # layer, so quantize the unrolled form (same variables, unstacked).
+        from jaxconv.models.resnet import unstack_scanned_blocks
+        model, variables = model.clone(scan_blocks=False), unstack_scanned_blocks(
+            dict(variables))
     if hasattr(model, "deploy") and not model.deploy:
         model, variables = reparameterize(model, variables, input_shape)
     folded, pairs = fold_batch_norms(model, variables, input_shape)

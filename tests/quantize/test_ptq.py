@@ -160,3 +160,18 @@ def test_bad_scheme_bits_granularity_fail_fast(tmp_path):
     from experiments.quantize import run   # the scheme is checked before the run is read
     with pytest.raises(ValueError, match="scheme must be one of"):
         run(str(tmp_path / "no_such_run"), "int16")
+
+
+def test_scanned_resnet_blocks_are_quantized_unrolled():
+    """A ResNet with ``scan_blocks=True`` (blocks stacked under nn.scan) quantizes like its
+    unrolled form (calibration and qwix's per-layer params cannot live inside the scan)."""
+    model = jaxconv.create_model("resnet20", stage_sizes=(3, 2), widths=(16, 32), num_classes=3,
+                                 scan_blocks=True)
+    shape = (2, 8, 8, 3)
+    variables = random_variables(model, shape)
+    assert "layer1_scan" in variables["params"]
+    xs = [jax.random.normal(jax.random.key(1), shape)]
+    qm = quantize(model, variables, xs, get_scheme("int8_per_channel"))
+    ref = jax.jit(lambda x: model.apply(variables, x))(xs[0])
+    assert _rel_err(jax.jit(qm.apply)(xs[0]), ref) < 0.05
+    assert qm.variables["params"]["layer1_2"]["conv1"]["kernel"].array.qvalue.dtype == jnp.int8
