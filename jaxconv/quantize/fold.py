@@ -27,7 +27,7 @@ import numpy as np
 from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.reparam import reparameterize
 
-__all__ = ["find_conv_bn_pairs", "fold_batch_norms", "prepare_for_quantization"]
+__all__ = ["find_conv_bn_pairs", "fold_batch_norms", "prepare_for_quantization", "unrolled"]
 
 _LAYERS = (nn.Conv, nn.Dense, DepthwiseConv2D)
 
@@ -84,16 +84,21 @@ def fold_batch_norms(model: nn.Module, variables: Mapping,
     return jax.tree.map(jnp.asarray, out), pairs
 
 
+def unrolled(model: nn.Module, variables: Mapping) -> tuple[nn.Module, Mapping]:
+    """A ResNet with ``scan_blocks=True`` as its unrolled form (same variables, unstacked):
+    qwix's per-layer params, the calibration collection and ZeroQ's per-BN statistics cannot
+    live inside ``nn.scan``. Other models are returned unchanged."""
+    if not getattr(model, "scan_blocks", False):
+        return model, variables
+    from jaxconv.models.resnet import unstack_scanned_blocks
+    return model.clone(scan_blocks=False), unstack_scanned_blocks(dict(variables))
+
+
 def prepare_for_quantization(model: nn.Module, variables: Mapping,
                              input_shape: Sequence[int]) -> tuple[nn.Module, dict, list]:
     """Deploy form (re-parameterized where the model has one, ResNet blocks unrolled from
     ``nn.scan``) with BatchNorms folded: ``(model, variables, folded_pairs)``."""
-    if getattr(model, "scan_blocks", False):
-        # Blocks under nn.scan: qwix's quantized params and the calibration collection are per
-        # layer, so quantize the unrolled form (same variables, unstacked).
-        from jaxconv.models.resnet import unstack_scanned_blocks
-        model, variables = model.clone(scan_blocks=False), unstack_scanned_blocks(
-            dict(variables))
+    model, variables = unrolled(model, variables)
     if hasattr(model, "deploy") and not model.deploy:
         model, variables = reparameterize(model, variables, input_shape)
     folded, pairs = fold_batch_norms(model, variables, input_shape)

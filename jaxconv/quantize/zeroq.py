@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxconv.quantize.fold import unrolled
+
 __all__ = ["bn_statistics_loss", "distill_batch"]
 
 
 def bn_statistics_loss(model: nn.Module, variables: Mapping, x, per_layer: bool = False):
     """ZeroQ's loss of input ``x``; ``per_layer=True`` also returns ``{bn_path: (mean_err,
     std_err)}``, the L2 norms of each BN layer's statistic mismatches."""
+    model, variables = unrolled(model, variables)
     found = []
 
     def record(next_fun, args, kwargs, context):
@@ -50,8 +53,12 @@ def bn_statistics_loss(model: nn.Module, variables: Mapping, x, per_layer: bool 
 
 
 def distill_batch(model: nn.Module, variables: Mapping, shape: Sequence[int], key,
-                  steps: int = 200, learning_rate: float = 0.1):
-    """A synthetic batch of ``shape`` (B, H, W, C) fitted to the BN statistics (Adam)."""
+                  steps: int = 200, learning_rate: float = 0.01):
+    """A synthetic batch of ``shape`` (B, H, W, C) fitted to the BN statistics (Adam).
+
+    Start: N(0, 1) noise. ``learning_rate`` 0.01: on a MobileNet v1 trained on digits32,
+    0.1 oscillated (loss 240 -> 224 after 30 steps) where 0.01 fell to 164.
+    """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if len(shape) != 4 or any(int(d) <= 0 for d in shape):

@@ -44,3 +44,17 @@ def test_bad_arguments_fail_fast():
         distill_batch(model, {}, SHAPE, jax.random.key(0), steps=-1)
     with pytest.raises(ValueError, match="shape"):
         distill_batch(model, {}, (4, 12, 12), jax.random.key(0))
+
+
+def test_scanned_resnet_blocks():
+    """BNs inside nn.scan (ResNet scan_blocks=True) are fitted through the unrolled form
+    (recording them inside the scan leaked tracers)."""
+    import jaxconv
+    model = jaxconv.create_model("resnet20", stage_sizes=(3, 2), widths=(16, 32), num_classes=3,
+                                 scan_blocks=True)
+    shape = (2, 8, 8, 3)
+    variables = random_variables(model, shape)
+    _, per_layer = bn_statistics_loss(model, variables, jnp.ones(shape), per_layer=True)
+    assert "layer1_2/bn2" in per_layer and len(per_layer) == 1 + 5 * 2   # stem + 2 per block
+    x = distill_batch(model, variables, shape, jax.random.key(0), steps=2)
+    assert x.shape == shape and bool(jnp.all(jnp.isfinite(x)))
