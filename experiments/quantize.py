@@ -188,7 +188,7 @@ def sweep(sweep_dir: str, calib_batches: int = 8) -> list[dict]:
             else:
                 try:
                     m = run(workdir, scheme, calib_batches=calib_batches, data_free=data_free,
-                            zeroq_steps=100)
+                            zeroq_steps=200)
                 except FileNotFoundError as e:   # a run still training: no checkpoint yet
                     print(f"skipping {workdir}: {e}")
                     break
