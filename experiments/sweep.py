@@ -149,6 +149,8 @@ def main(argv):
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _VERBOSE.value:
+        os.environ["JAXCONV_VERBOSE"] = "1"  # checkpoint fallbacks with tracebacks, in workers too
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
     if _PARALLEL.value < 1:

@@ -53,6 +53,8 @@ __doc__ += ("\nConfig fields (--config.FIELD=VALUE; defaults of jaxconv/train/co
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (Python).",
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of errors and of checkpoint "
+                             "fallbacks (default: one line each).")
 flags.mark_flags_as_required(["config", "workdir"])
 flags.adopt_module_key_flags(distributed_flags)  # --help lists the multi-process flags too
 
@@ -62,6 +64,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
+    if _VERBOSE.value:
+        os.environ["JAXCONV_VERBOSE"] = "1"  # = jaxconv.train.checkpoint.VERBOSE_ENV
     from jaxconv import train  # after flag parsing, so --help is fast
 
     distributed_flags.initialize()
@@ -71,7 +75,16 @@ def main(argv):
     except ValueError as err:  # bad config: the library's own message, in one line
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = train.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        summary = train.train_and_evaluate(config, _WORKDIR.value)
+    except (ValueError, FloatingPointError, FileNotFoundError,
+            train.checkpoint.DamagedCheckpointsError) as err:
+        # What the library found wrong (a workdir made by another config, a diverged run, an
+        # unprepared dataset, damaged checkpoints) reads best as its own message.
+        if _VERBOSE.value:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     import jax
     if jax.process_index() == 0:
         print("final:", json.dumps(summary, sort_keys=True))

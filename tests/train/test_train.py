@@ -231,4 +231,7 @@ def test_unprepared_tfds_dataset_fails_fast(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "cifar10" in result.stderr and "prepare" in result.stderr.lower(), result.stderr[-2000:]
+    # The library's own message (with its preparation steps), no traceback (--verbose shows one).
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "error: " in result.stderr
     assert time.time() - start < 60
