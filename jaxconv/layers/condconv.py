@@ -33,7 +33,7 @@ class CondConv2D(nn.Module):
     """CondConv over NHWC inputs. Parameters: ``kernel`` [E, kh, kw, Cin/groups, features],
     ``routing/kernel`` [Cin, E] and ``routing/bias`` [E]; padding ``kernel_size // 2`` on both
     sides; ``use_bias`` adds one (shared) bias. ``__call__`` returns only the output; the
-    routing weights are sown as ``intermediates/routing`` ([B, E])."""
+    routing weights are sown as ``intermediates/routing_weights`` ([B, E])."""
 
     features: int
     kernel_size: int = 3
@@ -60,7 +60,7 @@ class CondConv2D(nn.Module):
         x = jnp.asarray(x, self.dtype)
         routing = nn.sigmoid(nn.Dense(e, dtype=jnp.float32, name="routing")(
             jnp.mean(x.astype(jnp.float32), axis=(1, 2))))                       # [B, E]
-        self.sow("intermediates", "routing", routing)
+        self.sow("intermediates", "routing_weights", routing)
         experts = self.param("kernel", _expert_init, (e, k, k, cin // g, self.features), jnp.float32)
         kernels = jnp.einsum("be,ehwio->bhwio", routing, experts)                 # [B,k,k,I,O]
         # Batch as channel groups: input channels (b, c), output channels (b, o).

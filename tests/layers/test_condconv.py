@@ -50,8 +50,10 @@ def test_routing_is_per_example():
     layer = CondConv2D(5, 3, 1, num_experts=4)
     x = jax.random.normal(jax.random.key(3), (4, 6, 6, 3)) * jnp.arange(1, 5)[:, None, None, None]
     variables = layer.init(jax.random.key(4), x)
-    out = layer.apply(variables, x)
+    out, sown = layer.apply(variables, x, mutable=["intermediates"])
     routing = _routing(variables, x)
+    # The sown routing weights (stage-feature tooling applies with mutable intermediates).
+    np.testing.assert_allclose(sown["intermediates"]["routing_weights"][0], routing, rtol=1e-6)
     experts = variables["params"]["kernel"]
     assert float(jnp.std(routing, axis=0).max()) > 1e-3    # the examples really route apart
     for b in range(x.shape[0]):
