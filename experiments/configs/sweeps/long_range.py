@@ -23,8 +23,9 @@ recall (256 queries; chance 0.25) at L = 64 / 256 after 300 steps, a smoke-scale
     sgconv_tiny        0.41 / 0.32   ckconv_tiny   0.50 / 0.00   tcn_tiny       0.24 / 0.22
 
 (tcn_tiny's receptive field is 15 steps; ckconv_tiny at 256 trains to 0.36 per-token accuracy
-but scores 0 at test: see the issue-12 report). The rows' params/FLOPs need sequence inputs in
-jaxconv.analysis (rows fail there until it takes (B, L) int32 / (B, L, C) inputs).
+but scores 0 at test: see the issue-12 report). That run predates sequence inputs in
+jaxconv.analysis, so its rows were marked failed after training; re-running the command (which
+retries failed rows from their final checkpoints) now records their params and FLOPs too.
 """
 from experiments.configs import seq_tasks
 from jaxconv import data, registry
