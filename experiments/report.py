@@ -52,7 +52,7 @@ def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) ->
     ok = [r for r in rows if r.get("status") == "ok"]
     failed = [r for r in rows if r.get("status") != "ok"]
     wall = sum(r.get("wall_time_s", 0.0) for r in rows)
-    # The same accounting as `experiments.sweep --dry-run`: grid runs without a row are not done.
+    # The same accounting as `experiments.sweep --dry_run`: grid runs without a row are not done.
     have = {r["run"] for r in rows}
     not_run = [r["run"] for r in spec.get("runs", []) if r["run"] not in have]
     if not quiet:

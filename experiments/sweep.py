@@ -5,7 +5,7 @@ Each run of the sweep's grid trains with the ordinary training loop in ``DIR/run
 row to ``DIR/results.jsonl`` (swept values, final and best metrics, params, FLOPs, activations,
 images/s, wall time, status); ``DIR/sweep.json`` records the grid. Re-running the command skips
 finished runs, resumes an interrupted one from its checkpoints and retries failed ones. A failing
-run is recorded with its error and the sweep goes on. ``--dry-run`` lists the runs and what is on
+run is recorded with its error and the sweep goes on. ``--dry_run`` lists the runs and what is on
 disk for each (done, failed, partial with its checkpoint step, todo) and exits.
 ``--config.FIELD=value`` sets a base-config field of every run (the syntax of experiments.train;
 a field the grid sweeps is refused). One sweep at a time per directory: a second one exits naming
@@ -37,7 +37,8 @@ from experiments import distributed_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep file, PATH.py[:ARG].",
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (results.jsonl, runs/).")
-_DRY_RUN = flags.DEFINE_bool("dry-run", False, "List the runs and their status, then exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs and their status, then exit.")
+flags.DEFINE_alias("dry-run", "dry_run")  # the spelling of earlier versions still works
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs trained at the same time, each in its "
                                  "own process (GPUs are shared out between them).")
 _ONLY = flags.DEFINE_multi_string("only", None, "Train only this run (by name; repeatable).")

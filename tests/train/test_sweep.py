@@ -181,7 +181,7 @@ def test_report_of_a_directory_without_results_fails_clearly(tmp_path):
 
 def test_dry_run_lists_runs_without_training(tmp_path, write_sweep):
     spec = write_sweep(tmp_path)
-    result = subprocess.run(sweep_cli(spec, tmp_path / "out", "--dry-run"), cwd=REPO,
+    result = subprocess.run(sweep_cli(spec, tmp_path / "out", "--dry_run"), cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 runs (0 finished)" in result.stdout
