@@ -123,6 +123,12 @@ class DatasetInfo:
   def label_dtype(self) -> str:
     return "float32" if self.task == "regression" else "int32"
 
+  @property
+  def input_dtype(self) -> str:
+    """dtype of the model input the pipeline yields: int32 token ids, else float32 (stored
+    uint8 pixels are normalized to float32)."""
+    return "int32" if self.image_dtype == "int32" else "float32"
+
   def num_examples(self, split: str) -> int:
     """Size of a (whole, unsliced) split, from the static table."""
     if split not in self.splits:

@@ -197,7 +197,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     tx, schedule = make_optimizer(config, total_steps)
     state = create_train_state(model, tx, (1, *model_input_shape(config, info)), config.seed,
-                               input_dtype=info.image_dtype)
+                               input_dtype=info.input_dtype)
     state = jax.device_put(state, repl)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)

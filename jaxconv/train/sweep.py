@@ -275,7 +275,7 @@ def _model_costs(config) -> dict:
     info = data.dataset_info(config.dataset)
     model = build_model(config, info)
     shape = (1, *model_input_shape(config, info))
-    dtype = info.image_dtype  # int32 token ids for token datasets
+    dtype = info.input_dtype  # int32 token ids for token datasets
     variables = analysis.init_variables(model, shape, input_dtype=dtype)
     return {"params": analysis.count_params(variables["params"]),
             "flops": analysis.model_flops(model, shape, input_dtype=dtype),

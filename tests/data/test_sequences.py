@@ -273,3 +273,12 @@ def test_sequence_sets_reject_image_augmentation():
   with pytest.raises(ValueError, match="sequence dataset"):
     data.train_iterator(data.get_source("seq_digits", "train"), global_batch_size=4, seed=0,
                         augment=data.AugmentConfig(crop_padding=2))
+
+
+def test_input_dtype_is_what_the_model_sees():
+    """Stored uint8 pixels reach the model normalized (float32); token ids stay int32. The loop
+    and the sweep's cost rows initialise models with this dtype."""
+    assert data.dataset_info("seq_digits").image_dtype == "uint8"
+    assert data.dataset_info("seq_digits").input_dtype == "float32"
+    assert data.dataset_info("digits").input_dtype == "float32"
+    assert data.dataset_info("assoc_recall_256").input_dtype == "int32"

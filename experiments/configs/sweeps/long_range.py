@@ -15,7 +15,7 @@ report plots them against the length (`versus_length.png`, one line per model).
 Default: the *_tiny models, associative recall at L = 256, 1024, 4096, 8192 and the two digit
 lengths, 2000 steps of batch 32 each (an accelerator sweep: not measured). `:runlocal`: the
 same models on associative recall with a vocabulary of 10 (4 keys, 4 values: chance 1/4) at
-L = 64 and 256, 300 steps of batch 16. Measured on the shared 2-core CPU (jax 0.10.2, load
+L = 64 and 256, 300 steps of batch 16. Expected time, measured on the shared 2-core CPU (jax 0.10.2, load
 20-25 from other jobs): 12 runs, 38 min in all (40 s - 9 min per run, mostly compiles). Test
 recall (256 queries; chance 0.25) at L = 64 / 256 after 300 steps, a smoke-scale comparison:
 

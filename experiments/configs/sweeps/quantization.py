@@ -13,7 +13,7 @@ and data-free (ZeroQ) int8 per-channel; the QAT runs with int4 per-channel; and 
 ``quantization_table.md``, ``quantization.jsonl`` and ``plots/quantization.png`` in the sweep
 directory.
 
-Measured (2-core CPU shared with ~7 other jobs, load 10-23, jax 0.10.2, 2026-12-06), `:runlocal`
+Expected time, measured (2-core CPU shared with ~7 other jobs, load 10-23, jax 0.10.2, 2026-12-06), `:runlocal`
 (150 steps of batch 32 per run): the sweep 54.7 min (QAT resnet20 alone 35 min under the load),
 ``--sweep_dir`` ~6 min. Eval top-1 over the 300 digits32 test images:
 
