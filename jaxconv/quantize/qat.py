@@ -12,6 +12,7 @@ unfolded weights matches the folded integer model).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -22,10 +23,13 @@ import qwix
 from jaxconv.quantize.ptq import xla_routing
 from jaxconv.quantize.schemes import QuantConfig, get_scheme
 
-__all__ = ["QAT_FIELDS", "fake_quant", "qat_config_from", "qat_model", "qat_rules", "routed_model"]
+__all__ = ["QAT_FIELDS", "QATSchedule", "fake_quant", "qat_config_from", "qat_model",
+           "qat_rules", "routed_model", "qat_training_model"]
 
-#: ``config.quantization`` fields the training command reads (scheme "" = float training).
-QAT_FIELDS = {"scheme": ""}
+#: ``config.quantization`` fields the training command reads (scheme "" = float training;
+#: start_step: float training before it; freeze_bn_step: BatchNorm uses and keeps its running
+#: statistics from that step on, as Krishnamoorthi 2018 recommends; None = never).
+QAT_FIELDS = {"scheme": "", "start_step": 0, "freeze_bn_step": None}
 
 
 def qat_rules(config: QuantConfig) -> list:
@@ -97,6 +101,62 @@ def qat_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     return qwix.quantize_model(routed_model(model), _QtProvider(config))
 
 
+@dataclasses.dataclass(frozen=True)
+class QATSchedule:
+    """QAT that changes with the training step: the float model before ``start_step``, the
+    fake-quantized one from it on; from ``freeze_bn_step`` on (if set) BatchNorm normalises
+    with its running statistics and stops updating them (the forward runs in eval mode, so
+    dropout / drop-path are off from then on too).
+
+    Both models have the same parameters. The training step calls :meth:`apply_train` with the
+    step (a traced value: the choice is a ``lax.switch``, one compile, resumable bitwise because
+    it is a pure function of the step); ``init`` is the float model's and ``apply`` the
+    fake-quantized model's (evaluation sees the quantized network).
+    """
+    float_model: nn.Module
+    qat_model: nn.Module
+    start_step: int = 0
+    freeze_bn_step: int | None = None
+
+    def init(self, *args, **kwargs):
+        return self.float_model.init(*args, **kwargs)
+
+    def apply(self, *args, **kwargs):
+        return self.qat_model.apply(*args, **kwargs)
+
+    def apply_train(self, variables, x, *, mutable, rngs, step):
+        """Train-mode forward for ``step``: ``(outputs, updated mutable collections)`` when
+        ``mutable`` is a non-empty list, else the outputs."""
+        def run(model, frozen):
+            def branch(variables, x):
+                if frozen:   # running statistics, unchanged
+                    out = model.apply(variables, x, train=False)
+                    return (out, {k: variables[k] for k in mutable}) if mutable else out
+                return model.apply(variables, x, train=True, mutable=mutable or False,
+                                   rngs=rngs)
+            return branch
+
+        branches = [run(self.float_model, False), run(self.qat_model, False),
+                    run(self.float_model, True), run(self.qat_model, True)]
+        index = (step >= self.start_step).astype(jnp.int32)
+        if self.freeze_bn_step is not None:
+            index = index + 2 * (step >= self.freeze_bn_step).astype(jnp.int32)
+        return lax.switch(index, branches, variables, x)
+
+
+def qat_training_model(model: nn.Module, quantization: Any):
+    """What the training loop trains for ``config.quantization``: ``model`` itself (float), its
+    fake-quantized form, or a :class:`QATSchedule` when a start or BN-freeze step is set."""
+    qat = qat_config_from(quantization)
+    if qat is None:
+        return model
+    fields = {**QAT_FIELDS, **dict(quantization)}
+    if not fields["start_step"] and fields["freeze_bn_step"] is None:
+        return qat_model(model, qat)
+    return QATSchedule(model, qat_model(model, qat), int(fields["start_step"]),
+                       fields["freeze_bn_step"])
+
+
 def qat_config_from(quantization: Any) -> QuantConfig | None:
     """The QuantConfig of a training config's ``quantization`` block (None: float training).
     Unknown fields or a bad scheme raise ValueError naming the valid ones."""
@@ -107,5 +167,16 @@ def qat_config_from(quantization: Any) -> QuantConfig | None:
     if unknown:
         raise ValueError(f"config.quantization has unknown fields {unknown}; valid: "
                          f"{sorted(QAT_FIELDS)}")
+    start, freeze = fields.get("start_step", 0), fields.get("freeze_bn_step")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"config.quantization.start_step={start!r} must be an int >= 0 (the "
+                         "step fake quantization starts at)")
+    if freeze is not None and (isinstance(freeze, bool) or not isinstance(freeze, int)
+                               or freeze < 1):
+        raise ValueError(f"config.quantization.freeze_bn_step={freeze!r} must be None (never) "
+                         "or an int >= 1 (the step BatchNorm statistics freeze at)")
     scheme = fields.get("scheme", "")
+    if not scheme and (start or freeze is not None):
+        raise ValueError("config.quantization.start_step / freeze_bn_step need a "
+                         "config.quantization.scheme")
     return get_scheme(scheme) if scheme else None

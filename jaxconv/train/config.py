@@ -41,8 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.grad_clip_norm = config_dict.placeholder(float)
 
     # Quantization-aware training (jaxconv.quantize.qat): scheme "" trains in float, a name
-    # in jaxconv.quantize.SCHEMES (e.g. "int4_per_channel") with fake quantization.
-    c.quantization = ml_collections.ConfigDict(dict(scheme=""))
+    # in jaxconv.quantize.SCHEMES (e.g. "int4_per_channel") with fake quantization from
+    # start_step on; from freeze_bn_step (None: never) BatchNorm uses its running statistics.
+    c.quantization = ml_collections.ConfigDict(dict(
+        scheme="", start_step=0, freeze_bn_step=config_dict.placeholder(int)))
     c.seed = 0
     c.log_every_steps = 50
     c.eval_every_steps = 0                            # 0: evaluate at the end only

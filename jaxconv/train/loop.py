@@ -20,7 +20,7 @@ import tqdm
 
 import jaxconv
 from jaxconv import data
-from jaxconv.quantize.qat import qat_config_from, qat_model
+from jaxconv.quantize.qat import qat_config_from, qat_training_model
 from jaxconv.train import mesh as mesh_lib
 from jaxconv.train.checkpoint import Checkpointer, non_finite_parts
 from jaxconv.train.config import default_config
@@ -68,6 +68,7 @@ def validate_config(config, *, check_fits_machine: bool = True) -> None:
     except ValueError as e:
         raise ValueError(f"config.dataset: {e}") from None
     jaxconv.create_model(config.model, **config.model_overrides)  # unknown name/field -> ValueError
+    qat_config_from(config.get("quantization"))  # scheme, start / BN-freeze steps
     if config.batch_size <= 0 or config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of "
                          f"the device count ({jax.device_count()})")
@@ -102,8 +103,8 @@ def build_model(config, info):
     overrides = dict(config.model_overrides)
     overrides.setdefault("num_classes", info.num_classes)
     model = jaxconv.create_model(config.model, dtype=DTYPES[config.dtype], **overrides)
-    qat = qat_config_from(config.get("quantization"))  # QAT: same params, fake-quantized ops
-    return model if qat is None else qat_model(model, qat)
+    # QAT: same params, fake-quantized ops (from config.quantization.start_step on).
+    return qat_training_model(model, config.get("quantization"))
 
 
 def model_input_shape(config, info) -> tuple[int, ...]:

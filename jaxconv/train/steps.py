@@ -74,6 +74,17 @@ def sequence_loss_terms(task: str, outputs, labels, num_classes: int,
     return loss, weight, correct
 
 
+def train_apply(model, variables, x, *, mutable, rng, step):
+    """The train-mode forward: ``model.apply(..., train=True)``, or ``model.apply_train(...,
+    step=step)`` for a model whose training forward changes with the step (QAT schedules,
+    :class:`jaxconv.quantize.qat.QATSchedule`). ``mutable=False``, not [], for models without
+    BatchNorm: Flax returns the bare output only when nothing is mutable."""
+    rngs = {"dropout": rng}
+    if hasattr(model, "apply_train"):
+        return model.apply_train(variables, x, mutable=mutable, rngs=rngs, step=step)
+    return model.apply(variables, x, train=True, mutable=mutable or False, rngs=rngs)
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_classes: int,
                     label_smoothing: float = 0.0, image_size: int | None = None,
                     task: str = "classification"):
@@ -95,10 +106,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
         images = resize_images(batch["image"], image_size)
 
         def loss_fn(params):
-            # mutable=False, not [], for models without BatchNorm: Flax returns the bare output
-            # only when nothing is mutable.
-            out = model.apply({"params": params, **state.model_state}, images, train=True,
-                              mutable=mutable or False, rngs={"dropout": rng})
+            out = train_apply(model, {"params": params, **state.model_state}, images,
+                              mutable=mutable, rng=rng, step=state.step)
             logits, new_model_state = out if mutable else (out, {})
             aux = None
             if isinstance(logits, tuple):  # (logits, aux_logits)
@@ -133,8 +142,8 @@ def _make_sequence_train_step(model, tx, schedule, *, num_classes, label_smoothi
         mutable = list(state.model_state.keys())
 
         def loss_fn(params):
-            out = model.apply({"params": params, **state.model_state}, batch["image"], train=True,
-                              mutable=mutable or False, rngs={"dropout": rng})
+            out = train_apply(model, {"params": params, **state.model_state}, batch["image"],
+                              mutable=mutable, rng=rng, step=state.step)
             outputs, new_model_state = out if mutable else (out, {})
             loss, weight, correct = sequence_loss_terms(task, outputs, batch["label"],
                                                         num_classes, label_smoothing)

@@ -85,5 +85,56 @@ def test_quantization_config_checked():
     assert qat_config_from({"scheme": "int4_per_channel"}).bits == 4
     with pytest.raises(ValueError, match="scheme must be one of"):
         qat_config_from({"scheme": "int2"})
-    with pytest.raises(ValueError, match=r"unknown fields \['bits'\]; valid: \['scheme'\]"):
+    with pytest.raises(ValueError, match=r"unknown fields \['bits'\]; valid: \['freeze_bn_step', "
+                       r"'scheme', 'start_step'\]"):
         qat_config_from({"scheme": "int8_per_channel", "bits": 8})
+
+
+def test_schedule_trains_float_then_quantized_and_freezes_bn():
+    """config.quantization.start_step / freeze_bn_step: the train step's loss is the float
+    model's before start_step and the fake-quantized one's from it on; from freeze_bn_step the
+    forward uses the running BN statistics and leaves them unchanged."""
+    from jaxconv.quantize.qat import QATSchedule, qat_training_model
+
+    model = TinyNet()
+    variables = random_variables(model, SHAPE)
+    quantization = {"scheme": "int4_per_channel", "start_step": 3, "freeze_bn_step": 5}
+    schedule = qat_training_model(model, quantization)
+    assert isinstance(schedule, QATSchedule)
+    qat = schedule.qat_model
+    tx = optax.sgd(0.0)   # lr 0: only the forward and the statistics matter
+    step_fn = jax.jit(make_train_step(schedule, tx, lambda s: 0.0, num_classes=5))
+    state = create_train_state(model, tx, SHAPE, 0).replace(
+        params=variables["params"], model_state={"batch_stats": variables["batch_stats"]})
+    batch = _batch(1)
+
+    def loss_of(m, train):
+        if train:
+            logits, _ = m.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+        else:
+            logits = m.apply(variables, batch["image"], train=False)
+        return float(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+                     .mean())
+
+    expected = {2: loss_of(model, True), 3: loss_of(qat, True), 5: loss_of(qat, False)}
+    assert len({round(v, 4) for v in expected.values()}) == 3   # the three regimes differ
+    for step, want in expected.items():
+        new, metrics = step_fn(state.replace(step=jnp.asarray(step, jnp.int32)), batch)
+        np.testing.assert_allclose(float(metrics["loss"]), want, rtol=2e-5)
+        stats_before = jax.tree.leaves(state.model_state)
+        stats_after = jax.tree.leaves(new.model_state)
+        unchanged = all(np.array_equal(a, b) for a, b in zip(stats_before, stats_after))
+        assert unchanged == (step >= 5), step
+    # Float training (no scheme) and plain QAT stay what they were.
+    assert qat_training_model(model, {"scheme": ""}) is model
+    assert not isinstance(qat_training_model(model, {"scheme": "int8_per_channel"}), QATSchedule)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"scheme": "int8_per_channel", "start_step": -1}, "start_step"),
+    ({"scheme": "int8_per_channel", "freeze_bn_step": 0}, "freeze_bn_step"),
+    ({"scheme": "", "start_step": 10}, "need a config.quantization.scheme"),
+])
+def test_bad_schedule_fields_are_refused(fields, match):
+    with pytest.raises(ValueError, match=match):
+        qat_config_from(fields)
