@@ -10,12 +10,13 @@ paper's gains come from) are :class:`jaxconv.layers.CondConv2D` with ``num_exper
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import CondConv2D, DepthwiseConv2D, batch_norm, conv2d, dense
+from jaxconv.layers import CondConv2D, DepthwiseConv2D, batch_norm
 from jaxconv.models.checks import positive_ints
 from jaxconv.models.mobilenet import STAGES, DepthwiseSeparable, MobileNetV1
 from jaxconv.registry import register_model
@@ -54,26 +55,10 @@ class CondConvMobileNetV1(MobileNetV1):
                              f"got {self.condconv_from_stage!r}")
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        stem_width, *stage_widths = self.widths()
-        x = jnp.asarray(x, self.dtype)
-        x = conv2d(stem_width, 3, 2, dtype=self.dtype, name="conv_stem")(x)
-        x = nn.relu6(batch_norm(train, dtype=self.dtype, name="bn1")(x))
-        for s, ((blocks, _, stride), width) in enumerate(zip(STAGES, stage_widths)):
-            for b in range(blocks):
-                strides = stride if b == 0 else 1
-                if s >= self.condconv_from_stage:
-                    block = CondConvSeparable(width, strides, self.num_experts, self.dtype,
-                                              name=f"blocks_{s}_{b}")
-                else:
-                    block = DepthwiseSeparable(width, strides, self.dtype, name=f"blocks_{s}_{b}")
-                x = block(x, train)
-            self.sow("intermediates", f"stage{s}", x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
-        return jnp.asarray(x, jnp.float32)
+    def block_for(self, stage: int):
+        if stage < self.condconv_from_stage:
+            return DepthwiseSeparable
+        return functools.partial(CondConvSeparable, num_experts=self.num_experts)
 
 
 def _register():

@@ -120,6 +120,11 @@ class MobileNetV1(nn.Module):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         super().__post_init__()
 
+    def block_for(self, stage: int):
+        """The block class of ``stage`` (called as ``cls(features, strides=, dtype=, name=)``);
+        variants override this (e.g. CondConv's pointwise convs in the late stages)."""
+        return DepthwiseSeparable
+
     def widths(self) -> tuple[int, ...]:
         """Channels of the stem and of each stage after width scaling."""
         return tuple(round_channels(c, self.width_multiplier)
@@ -133,8 +138,8 @@ class MobileNetV1(nn.Module):
         x = nn.relu6(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         for s, ((blocks, _, stride), width) in enumerate(zip(STAGES, stage_widths)):
             for b in range(blocks):
-                x = DepthwiseSeparable(width, stride if b == 0 else 1, self.dtype,
-                                       name=f"blocks_{s}_{b}")(x, train)
+                x = self.block_for(s)(width, strides=stride if b == 0 else 1, dtype=self.dtype,
+                                      name=f"blocks_{s}_{b}")(x, train)
             self.sow("intermediates", f"stage{s}", x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
