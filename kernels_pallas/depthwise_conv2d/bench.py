@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import subprocess
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.analysis import device_name, median_seconds
+from kernels_pallas.bench import append_csv
 from kernels_pallas.core import device_kind, platform
 from kernels_pallas.depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_reference, tuning
 
@@ -223,12 +223,5 @@ def run(args) -> list[dict]:
                 print(", ".join(f"{k}={row[k]}" for k in FIELDS[1:] if row[k] != ""),
                       flush=True)
     if args.csv:
-        new = not os.path.exists(args.csv)
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-        print(f"appended {len(rows)} rows to {args.csv}")
+        append_csv(args.csv, FIELDS, rows)
     return rows

@@ -26,7 +26,6 @@ paper), whatever a path actually computes.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 import jax
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.analysis import device_name, median_seconds
+from kernels_pallas.bench import append_csv
 from kernels_pallas.core import platform
 from kernels_pallas.flash_attention import flash_attention
 
@@ -171,12 +171,5 @@ def run(args) -> list[dict]:
             print(", ".join(f"{key}={row[key]}" for key in FIELDS[1:] if row[key] != ""),
                   flush=True)
     if args.csv:
-        new = not os.path.exists(args.csv)
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-        print(f"appended {len(rows)} rows to {args.csv}")
+        append_csv(args.csv, FIELDS, rows)
     return rows

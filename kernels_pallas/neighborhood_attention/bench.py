@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import math
 import os
 
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.analysis import device_name, median_seconds
+from kernels_pallas.bench import append_csv
 from kernels_pallas.core import platform
 from kernels_pallas.neighborhood_attention import (neighborhood_attention,
                                                    neighborhood_attention_reference, tuning)
@@ -177,12 +177,5 @@ def run(args) -> list[dict]:
             rows.append(row)
             print(", ".join(f"{f}={row[f]}" for f in FIELDS[1:] if row[f] != ""), flush=True)
     if args.csv:
-        new = not os.path.exists(args.csv)
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-        print(f"appended {len(rows)} rows to {args.csv}")
+        append_csv(args.csv, FIELDS, rows)
     return rows
