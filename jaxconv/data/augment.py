@@ -52,6 +52,21 @@ class AugmentConfig:
   crop_padding: int = 0
   flip: bool = False
   cutout: int = 0
+  # The recipe augmentations (fields of jaxconv.train.config's ``augment``); see
+  # jaxconv/train/config.py for their meaning.
+  randaugment: str | None = None
+  autoaugment: str | None = None
+  trivialaugment: bool = False
+  color_jitter: float = 0.0
+  random_erasing: float = 0.0
+  erasing_mode: str = "pixel"
+  erasing_count: int = 1
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  mix_prob: float = 1.0
+  mix_switch_prob: float = 0.5
+  mix_mode: str = "batch"
+  aug_repeats: int = 1
 
   def __post_init__(self):
     for name in ("crop_padding", "cutout"):

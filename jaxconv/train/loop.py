@@ -25,7 +25,8 @@ from jaxconv.train import mesh as mesh_lib
 from jaxconv.train.checkpoint import Checkpointer, non_finite_parts
 from jaxconv.train.config import default_config
 from jaxconv.train.metrics import MetricsWriter
-from jaxconv.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from jaxconv.train import optim
+from jaxconv.train.optim import make_optimizer
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_eval_step, make_train_step
 from jaxconv.train.validation import check_batch_fits_data, check_memory, check_ranges
@@ -60,8 +61,7 @@ def validate_config(config, *, check_fits_machine: bool = True) -> None:
     """
     _check_keys(config, default_config())
     check_ranges(config)
-    _choice("optimizer", config.optimizer, OPTIMIZERS)
-    _choice("schedule", config.schedule, SCHEDULES)
+    optim.check_config(config)
     _choice("dtype", config.dtype, DTYPES)
     try:
         info = data.dataset_info(config.dataset)

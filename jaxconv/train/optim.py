@@ -8,6 +8,15 @@ OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
 
+def check_config(config) -> None:
+    """The optimizer and schedule fields, checked before training (ValueError naming the field
+    and the valid choices)."""
+    for field, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if config[field] not in valid:
+            raise ValueError(f"config.{field}={config[field]!r} is not valid; choose one of "
+                             f"{sorted(valid)}")
+
+
 def make_schedule(config, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0, then cosine decay to 0, step decay (x ``config.step_factor`` at each
     fraction of ``total_steps`` in ``config.step_boundaries``: 0.1 in the ResNet papers, 0.2 in
