@@ -44,3 +44,29 @@ def write_sweep():
     """``write_sweep(dir, datasets=("digits",), steps=12) -> path`` of a tiny sweep file: the
     residual_stack model (2 layers of 4 channels) in both layouts on each dataset."""
     return _write_sweep
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A local GCS server (tests/gcs.py) for the whole session, with the clients' environment
+    (STORAGE_EMULATOR_HOST, TENSORSTORE_GCS_HTTP_URL, ...) set in os.environ, so subprocesses
+    reach it too; ``.bucket`` is "gs://jaxconv-test"."""
+    from tests import gcs
+    server = gcs.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(gcs_emulator) -> str:
+    """``"gs://jaxconv-test"`` on the local emulator, shared by every test of the session."""
+    return gcs_emulator.bucket
+
+
+@pytest.fixture
+def gcs_path(gcs_bucket, request) -> str:
+    """A fresh prefix ``gs://jaxconv-test/<test name>-<hex>`` (nothing under it yet)."""
+    import re
+    import uuid
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
+    return f"{gcs_bucket}/{name}-{uuid.uuid4().hex[:8]}"
