@@ -16,9 +16,12 @@ for every op:
 * Tuning tables: ``{device-kind prefix: config}``; :func:`lookup_tuning` picks the longest
   matching prefix of ``jax.devices()[0].device_kind`` (``"cpu"`` on CPU), else ``"default"``.
 * :func:`shard_batch`: inside ``jax.jit`` under a mesh context (``jax.set_mesh(mesh)``) whose
-  axes include ``"data"``, runs the op per shard with ``jax.shard_map`` (batch split over
-  ``"data"``, parameters replicated), so a ``pallas_call`` sees its local batch rather than being
-  handed to the SPMD partitioner, which cannot split a custom call.
+  axes include ``"data"`` and/or ``"fsdp"``, runs the op per shard with ``jax.shard_map`` (batch
+  split over all of them, as the training loop splits it; parameters replicated), so a
+  ``pallas_call`` sees its local batch rather than being handed to the SPMD partitioner, which
+  cannot split a custom call. Parameters sharded over ``"fsdp"`` (``config.sharding="fsdp"``)
+  are all-gathered by jit on the way in; their gradients are summed over the batch shards and
+  jit reduce-scatters them back to the parameter's layout.
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ from jax.sharding import PartitionSpec as P
 
 #: Values the ``implementation`` argument of every op accepts.
 IMPLEMENTATIONS = (None, "xla", "pallas")
-#: Mesh axis names a batch is split over (the training loop's 1-D mesh uses ``"data"``).
-BATCH_AXES = ("data",)
+#: Mesh axis names a batch is split over: the training loop's mesh axes
+#: (``jaxconv.train.mesh.MESH_AXES``), ``"data"`` alone or ``"data"`` x ``"fsdp"``.
+BATCH_AXES = ("data", "fsdp")
 #: Targets whose Pallas kernels can be interpreted on CPU.
 INTERPRET_TARGETS = ("tpu", "gpu")
 
@@ -131,9 +135,9 @@ def pallas_target() -> tuple[str, Any]:
 
 
 def batch_mesh_axes(batch_size: int) -> tuple[str, ...] | None:
-    """The context mesh's batch axes when the op should run per shard, else None (no mesh, no
-    ``"data"`` axis, a size-1 axis, a batch the axis does not divide, or already inside a
-    ``shard_map`` over it)."""
+    """The context mesh's batch axes (those of :data:`BATCH_AXES` it has) when the op should run
+    per shard, else None (no mesh, no batch axis, size-1 axes, a batch their product does not
+    divide, or already inside a ``shard_map`` over them)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return None

@@ -1,16 +1,24 @@
 """Device mesh, shardings and multi-host start-up.
 
-One code path for one CPU, one GPU, 8 fake CPU devices or a TPU pod slice: a 1-D mesh whose
-``data`` axis spans every device of every process; parameters are replicated, batches are split
-along their leading axis. Each process feeds only its own rows (``global_batch``).
+One code path for one CPU, one GPU, 8 fake CPU devices or a TPU pod slice. By default a 1-D mesh
+whose ``data`` axis spans every device of every process; ``config.mesh`` may ask for a 2-D
+``data`` x ``fsdp`` mesh instead (:func:`make_mesh`; how parameters are laid out over it is
+:mod:`jaxconv.train.sharding`). Batches are split along their leading axis over every mesh axis;
+each process feeds only its own rows (``global_batch``).
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+#: Axis names ``config.mesh`` may use. The batch is split over all of them, and Pallas ops'
+#: ``shard_map`` wrapper (``kernels_pallas.core.BATCH_AXES``) splits over the same names.
+MESH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -43,12 +51,60 @@ def make_data_mesh() -> Mesh:
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def parse_mesh(spec, device_count: int | None = None) -> tuple[tuple[str, int], ...]:
+    """``config.mesh`` (``((name, size), ...)``, at most one size ``-1`` for the rest) with the
+    ``-1`` resolved against ``device_count`` (default: all devices of all processes).
+
+    Raises ValueError naming ``config.mesh`` for unknown or repeated names, sizes that are not
+    positive ints (or one ``-1``), and products that are not the device count.
+    """
+    n = jax.device_count() if device_count is None else device_count
+    try:
+        axes = [(name, size) for name, size in spec]
+    except (TypeError, ValueError):
+        raise ValueError(f"config.mesh={spec!r} must be ((name, size), ...), e.g. "
+                         f"(('data', -1), ('fsdp', 4))") from None
+    names = [a for a, _ in axes]
+    if not axes or any(a not in MESH_AXES for a in names) or len(set(names)) != len(names):
+        raise ValueError(f"config.mesh={spec!r}: axis names must be distinct names from "
+                         f"{list(MESH_AXES)} (at least one)")
+    sizes = [s for _, s in axes]
+    if any(isinstance(s, bool) or not isinstance(s, int) or (s <= 0 and s != -1) for s in sizes) \
+            or sizes.count(-1) > 1:
+        raise ValueError(f"config.mesh={spec!r}: sizes must be positive ints, with at most one "
+                         "-1 (the rest of the devices)")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if n % known:
+            raise ValueError(f"config.mesh={spec!r}: the fixed sizes (product {known}) do not "
+                             f"divide the device count {n}")
+        sizes = [n // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != n:
+        raise ValueError(f"config.mesh={spec!r}: the axis sizes multiply to "
+                         f"{math.prod(sizes)}, not the device count {n}; use -1 for one axis")
+    return tuple(zip(names, sizes))
+
+
+def make_mesh(config_or_spec=None) -> Mesh:
+    """The mesh of ``config.mesh`` (a config, or the ``((name, size), ...)`` spec itself; None:
+    the 1-D data mesh), Auto axis types so jit infers the layouts it is not given."""
+    spec = getattr(config_or_spec, "mesh", config_or_spec)
+    if spec is None:
+        spec = ((DATA_AXIS, -1),)
+    axes = parse_mesh(spec)
+    return jax.make_mesh(tuple(s for _, s in axes), tuple(a for a, _ in axes),
+                         axis_types=(AxisType.Auto,) * len(axes))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """Leading axis split over every mesh axis (``P(("data", "fsdp"))`` on a 2-D mesh; the same
+    as ``P("data")`` on the 1-D data mesh)."""
+    axes = tuple(mesh.axis_names)
+    return NamedSharding(mesh, P(axes[0] if len(axes) == 1 else axes))
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
