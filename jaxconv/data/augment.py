@@ -8,8 +8,16 @@ another (e.g. the crop offsets are identical with and without `flip`):
   u = rng.random(5)     -> u[0], u[1]: crop offsets (y, x); u[2]: flip; u[3], u[4]: cutout centre
   rng.random((10, 4))   -> random-resized-crop attempts (variable-size datasets only), after u
 
-Order of operations for training: [random-resized-crop] -> pad-and-crop -> flip -> normalize ->
-cutout. Evaluation: [resize shorter side to size / 0.875 + center crop] -> normalize.
+Order of operations for training: [random-resized-crop] -> pad-and-crop -> flip ->
+[RandAugment | AutoAugment | TrivialAugment | color jitter] -> normalize -> cutout ->
+[random erasing]. Evaluation: [resize shorter side to size / 0.875 + center crop] -> normalize.
+
+The recipe ops in brackets (jaxconv.data.autoaugment) draw from a *second* generator per element
+(same (seed, position), a disjoint Philox counter range, see pipeline.py), so switching them on
+or off never changes the crop/flip/cutout draws above, and runs without them are bitwise the same
+as before they existed. mixup/CutMix (mixup_alpha, cutmix_alpha, mix_*) are batch-level and run
+on device (jaxconv.data.mix); `AugmentConfig` only validates them. aug_repeats changes which
+example each position reads (pipeline.py), not the transform.
 
 * Pad-and-crop: zero padding of `crop_padding` pixels on each side *in the stored pixel space*
   (black for uint8 images, like torchvision `RandomCrop(size, padding=p)` before `Normalize`),
@@ -28,6 +36,8 @@ import math
 
 import numpy as np
 
+from jaxconv.data import autoaugment as aa
+
 __all__ = [
     "AugmentConfig", "pad_and_crop", "hflip", "cutout", "normalize", "random_resized_crop",
     "resize_center_crop", "make_transform", "Transform", "SequenceTransform",
@@ -40,6 +50,18 @@ RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 EVAL_CROP_FRACTION = 0.875  # resize shorter side to size / 0.875 (256 for 224), then center crop
 
 
+MIX_MODES = ("batch", "pair", "elem")
+
+
+def _fail(name: str, value, requirement: str):
+  raise ValueError(f"config.augment.{name}={value!r}: {requirement}")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+      value, (bool, np.bool_))
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """Training augmentations. All off by default; evaluation never augments.
@@ -47,13 +69,25 @@ class AugmentConfig:
   crop_padding: pad each spatial side by this many zero pixels, then random-crop back (0 = off).
   flip: random horizontal flip with probability 1/2.
   cutout: side of the square zeroed after normalization (0 = off).
+  randaugment: timm RandAugment policy string "rand-mM-nN-mstdS-incI[-mmaxX][-pP]" or None.
+  autoaugment: AutoAugment ImageNet policy "original" | "originalr" | "v0" | "v0r", optionally
+    with "-mstdS", or None.
+  trivialaugment: TrivialAugmentWide (torchvision semantics). The three policies are mutually
+    exclusive.
+  color_jitter: brightness/contrast/saturation strength (0 = off). As in timm's
+    create_transform, it is ignored (not applied) when one of the three policies is on.
+  random_erasing: probability of timm's RandomErasing per image (0 = off), after normalization;
+    erasing_mode "pixel" | "rand" | "const"; erasing_count: up to this many boxes per image.
+  mixup_alpha, cutmix_alpha (>= 0, 0 = off), mix_prob, mix_switch_prob (in [0, 1]), mix_mode
+    ("batch" | "pair" | "elem"): batch mixing, applied on device by jaxconv.data.mix.
+  aug_repeats: repeated augmentation, each example appears this many times in a row (>= 1).
+  The policy ops need uint8 images with 1 or 3 channels.
   """
 
   crop_padding: int = 0
   flip: bool = False
   cutout: int = 0
-  # The recipe augmentations (fields of jaxconv.train.config's ``augment``); see
-  # jaxconv/train/config.py for their meaning.
+  # The recipe augmentations (fields of jaxconv.train.config's ``augment``).
   randaugment: str | None = None
   autoaugment: str | None = None
   trivialaugment: bool = False
@@ -77,10 +111,58 @@ class AugmentConfig:
     if not isinstance(self.flip, (bool, np.bool_)):
       raise ValueError(f"AugmentConfig.flip must be a bool, got {self.flip!r}")
     object.__setattr__(self, "flip", bool(self.flip))
+    if not isinstance(self.trivialaugment, (bool, np.bool_)):
+      _fail("trivialaugment", self.trivialaugment, "must be a bool")
+    object.__setattr__(self, "trivialaugment", bool(self.trivialaugment))
+    if self.randaugment is not None:
+      aa.parse_randaugment(self.randaugment, field="config.augment.randaugment")
+    if self.autoaugment is not None:
+      aa.parse_autoaugment(self.autoaugment, field="config.augment.autoaugment")
+    policies = [f"{n}={getattr(self, n)!r}" for n in ("randaugment", "autoaugment")
+                if getattr(self, n) is not None] + (
+                    ["trivialaugment=True"] if self.trivialaugment else [])
+    if len(policies) > 1:
+      raise ValueError(f"config.augment: {', '.join(policies)}: randaugment, autoaugment and "
+                       "trivialaugment are mutually exclusive; set at most one")
+    for name, low, high in [("color_jitter", 0.0, None), ("random_erasing", 0.0, 1.0),
+                            ("mixup_alpha", 0.0, None), ("cutmix_alpha", 0.0, None),
+                            ("mix_prob", 0.0, 1.0), ("mix_switch_prob", 0.0, 1.0)]:
+      value = getattr(self, name)
+      if not _is_number(value) or not math.isfinite(value) or value < low or (
+          high is not None and value > high):
+        _fail(name, value, f"must be a number in [{low}, {high if high is not None else 'inf'}"
+                           f"{']' if high is not None else ')'}")
+      object.__setattr__(self, name, float(value))
+    if self.erasing_mode not in aa.ERASING_MODES:
+      _fail("erasing_mode", self.erasing_mode, f"valid modes are {aa.ERASING_MODES}")
+    if self.mix_mode not in MIX_MODES:
+      _fail("mix_mode", self.mix_mode, f"valid modes are {MIX_MODES}")
+    for name in ("erasing_count", "aug_repeats"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        _fail(name, value, "must be an int >= 1")
+      object.__setattr__(self, name, int(value))
+
+  @property
+  def policy(self) -> str | None:
+    """The auto-augment policy in effect, as a short description (None: none)."""
+    if self.randaugment is not None:
+      return self.randaugment
+    if self.autoaugment is not None:
+      return f"autoaugment:{self.autoaugment}"
+    return "trivialaugment" if self.trivialaugment else None
+
+  @property
+  def host_ops(self) -> bool:
+    """Whether a per-image PIL op (policy or color jitter) runs on the host."""
+    return self.policy is not None or self.color_jitter > 0
 
   @property
   def enabled(self) -> bool:
-    return bool(self.crop_padding or self.flip or self.cutout)
+    """Any augmentation on (host or device, including mixing and repeats)."""
+    return bool(self.crop_padding or self.flip or self.cutout or self.host_ops
+                or self.random_erasing > 0 or self.mixup_alpha > 0 or self.cutmix_alpha > 0
+                or self.aug_repeats > 1)
 
 
 def _offset(u: float, n: int) -> int:
@@ -209,13 +291,17 @@ class Transform:
   """The per-element preprocessing of one dataset, for training or evaluation.
 
   Two stages, so that all but the per-image work runs vectorized over many rows:
-    prepare(image, rng) -> (raw [H, W, C] in the stored dtype, uniforms [5] or None)
+    prepare(image, rng, aux_rng) -> (raw [H, W, C] in the stored dtype, uniforms [5] or None,
+                                     erasing plan or None)
         per element: draws its uniforms, checks the shape, and for variable-size datasets does the
-        random-resized-crop (train) or resize + center crop (eval);
-    apply(raw [n, H, W, C], uniforms [n, 5] or None) -> float32 [n, H, W, C]
-        batched pad-and-crop + flip, normalize, cutout.
-  `transform(image, rng)` is the same computation one element at a time with the reference
-  functions above; it gives bit-identical results (tested) and documents the semantics.
+        random-resized-crop (train) or resize + center crop (eval). With a policy / color jitter
+        (`host_ops`) it also does pad-and-crop + flip and the PIL op here, per image, drawing the
+        op's randomness from `aux_rng`; random erasing draws its boxes from `aux_rng` too.
+    apply(raw [n, H, W, C], uniforms [n, 5] or None, plans) -> float32 [n, H, W, C]
+        batched pad-and-crop + flip (unless done in prepare), normalize, cutout, erasing.
+  `transform(image, rng, aux_rng)` is the same computation one element at a time with the
+  reference functions above; it gives bit-identical results (tested) and documents the semantics.
+  `needs_rng` / `needs_aux_rng` say which generators the pipeline must pass.
   """
 
   def __init__(self, info, augment: AugmentConfig | None, train: bool):
@@ -227,14 +313,39 @@ class Transform:
     self.shape = tuple(info.image_shape)
     self.name = info.name
     self.variable = bool(info.variable_size)
-    self.needs_rng = self.augment.enabled or (self.variable and train)
+    aug = self.augment
+    self.needs_rng = bool(aug.crop_padding or aug.flip or aug.cutout) or (self.variable and train)
+    # Like timm's create_transform: color jitter only when no auto-augment policy is on.
+    if aug.randaugment is not None:
+      self.host_op = aa.RandAugment(aug.randaugment)
+    elif aug.autoaugment is not None:
+      self.host_op = aa.AutoAugment(aug.autoaugment)
+    elif aug.trivialaugment:
+      self.host_op = aa.TrivialAugment()
+    elif aug.color_jitter > 0:
+      self.host_op = aa.ColorJitter(aug.color_jitter)
+    else:
+      self.host_op = None
+    self.erasing = (aa.RandomErasing(aug.random_erasing, aug.erasing_mode, aug.erasing_count)
+                    if aug.random_erasing > 0 else None)
+    self.needs_aux_rng = self.host_op is not None or self.erasing is not None
+    if self.host_op is not None:
+      if np.dtype(info.image_dtype) != np.uint8 or self.shape[2] not in (1, 3):
+        raise ValueError(
+            f"config.augment: {aug.policy or f'color_jitter={aug.color_jitter}'} runs PIL ops "
+            f"on uint8 images with 1 or 3 channels; {self.name} has {info.image_dtype} images "
+            f"of shape {self.shape}")
+      self.fill = aa.pil_fill(info.mean, self.shape[2])
+      # timm: translate_const = 45% of the image side (used by the absolute translate ops)
+      self.translate_const = int(min(self.shape[:2]) * 0.45)
     # Full-size mean/std images: elementwise ops with a long inner loop are several times faster
     # than broadcasting a length-C vector (every output image has shape `image_shape`).
     self.mean = np.ascontiguousarray(
         np.broadcast_to(np.asarray(info.mean, np.float32), self.shape))
     self.std = np.ascontiguousarray(np.broadcast_to(np.asarray(info.std, np.float32), self.shape))
 
-  def prepare(self, image, rng: np.random.Generator | None):
+  def prepare(self, image, rng: np.random.Generator | None,
+              aux_rng: np.random.Generator | None = None):
     x = _as_hwc(image)
     u = rng.random(NUM_UNIFORMS) if self.needs_rng else None
     if self.variable:
@@ -245,30 +356,49 @@ class Transform:
         x = resize_center_crop(x, self.shape[:2])
     elif x.shape != self.shape:
       raise ValueError(f"{self.name}: expected images of shape {self.shape}, got {x.shape}")
-    return x, u
+    plan = None
+    if self.needs_aux_rng:
+      if self.host_op is not None:
+        x = self._crop_flip(x, u)
+        img = self.host_op(_to_pil(np.ascontiguousarray(x)), aux_rng, self.fill,
+                           self.translate_const)
+        x = np.asarray(img).reshape(self.shape)
+      if self.erasing is not None:
+        plan = self.erasing.plan(aux_rng, *self.shape)
+    return x, u, plan
 
-  def __call__(self, image, rng: np.random.Generator | None) -> np.ndarray:
-    """Reference path, one element."""
-    x, u = self.prepare(image, rng)
+  def _crop_flip(self, x, u):
     aug = self.augment
     if aug.crop_padding:
       x = pad_and_crop(x, aug.crop_padding, u[0], u[1])
     if aug.flip and u[2] < 0.5:
       x = hflip(x)
+    return x
+
+  def __call__(self, image, rng: np.random.Generator | None,
+               aux_rng: np.random.Generator | None = None) -> np.ndarray:
+    """Reference path, one element."""
+    x, u, plan = self.prepare(image, rng, aux_rng)
+    aug = self.augment
+    if self.host_op is None:
+      x = self._crop_flip(x, u)
     x = normalize(x, self.mean, self.std)
     if aug.cutout:
       x = cutout(x, aug.cutout, u[3], u[4])
+    if plan:
+      aa.RandomErasing.apply(x, plan)
     return x
 
-  def apply(self, raw: np.ndarray, u: np.ndarray | None) -> np.ndarray:
-    """Batched path over rows: raw [n, H, W, C] (stored dtype), u [n, 5].
+  def apply(self, raw: np.ndarray, u: np.ndarray | None, plans=None) -> np.ndarray:
+    """Batched path over rows: raw [n, H, W, C] (stored dtype), u [n, 5], plans: n erasing
+    plans from `prepare` (or None).
 
     Normalization is one vectorized op; crops, flips and holes are per-row slice copies, which
     measured several times faster than one fancy-index gather or boolean masking.
     """
     aug = self.augment
     n, h, w, c = raw.shape
-    if aug.crop_padding or aug.flip:
+    if (aug.crop_padding or aug.flip) and self.host_op is None:
       py = aug.crop_padding if h > 1 else 0
       px = aug.crop_padding if w > 1 else 0
       padded = raw
@@ -292,6 +422,10 @@ class Transform:
       x0 = (np.minimum((u[:, 4] * w).astype(np.int64), w - 1) - size // 2).tolist()
       for i in range(n):
         x[i, max(0, y0[i]):min(h, y0[i] + size), max(0, x0[i]):min(w, x0[i] + size)] = 0
+    if plans is not None:
+      for i, plan in enumerate(plans):
+        if plan:
+          aa.RandomErasing.apply(x[i], plan)
     return x
 
 
@@ -301,14 +435,15 @@ class SequenceTransform:
   through as int32. Same two-stage interface as `Transform`."""
 
   needs_rng = False
+  needs_aux_rng = False
 
   def __init__(self, info, augment: AugmentConfig | None, train: bool):
     if augment is not None and not isinstance(augment, AugmentConfig):
       raise TypeError(f"augment must be a data.AugmentConfig, got {type(augment).__name__}")
     if train and augment is not None and augment.enabled:
       raise ValueError(
-          f"{info.name} is a sequence dataset: the image augmentations do not apply; set "
-          f"crop_padding=0, flip=False, cutout=0 (got {augment})")
+          f"{info.name} is a sequence dataset: the image augmentations do not apply; leave "
+          f"every config.augment field at its default (got {augment})")
     self.train = train
     self.shape = tuple(info.image_shape)
     self.name = info.name
@@ -317,16 +452,16 @@ class SequenceTransform:
       self.mean = np.asarray(info.mean, np.float32)
       self.std = np.asarray(info.std, np.float32)
 
-  def prepare(self, x, rng=None):
+  def prepare(self, x, rng=None, aux_rng=None):
     x = np.asarray(x)
     if x.shape != self.shape:
       raise ValueError(f"{self.name}: expected sequences of shape {self.shape}, got {x.shape}")
-    return x, None
+    return x, None, None
 
   def __call__(self, x, rng=None) -> np.ndarray:
     return self.apply(self.prepare(x)[0][None], None)[0]
 
-  def apply(self, raw: np.ndarray, u=None) -> np.ndarray:
+  def apply(self, raw: np.ndarray, u=None, plans=None) -> np.ndarray:
     if self.tokens:
       return raw.astype(np.int32)
     return normalize(raw, self.mean, self.std)

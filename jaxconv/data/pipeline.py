@@ -16,7 +16,16 @@ Training order (exact and resumable):
     straddle an epoch boundary (its first rows end epoch e, the rest start epoch e+1).
     N / B steps make one epoch (not an integer in general).
   * The augmentation randomness of position p comes only from a generator seeded by
-    (seed, p) (`np.random.Philox(key=(seed, p))`), never from thread or worker order.
+    (seed, p) (`np.random.Philox(key=(seed, p))`), never from thread or worker order. The
+    recipe ops (RandAugment & co., random erasing) draw from a second generator of (seed, p):
+    the same key with the Philox counter started at 2**192 (`_AUX_COUNTER`), a range the first
+    generator never reaches, so turning them on leaves every other draw unchanged.
+  * Repeated augmentation (`aug_repeats` = r > 1, Hoffer et al. 2020 / timm's RepeatAugSampler):
+    position p reads perm_e[(p % N) // r], so each example appears r times at consecutive
+    positions (different views: each position has its own generator) and an epoch is still
+    N positions, covering ceil(N / r) distinct examples. Unlike timm's sampler, which deals the
+    copies to different GPUs, the copies here fall in the same global batch (and usually on the
+    same host), as in Hoffer et al.
   * Hence the global batch of step s is a pure function of (source, seed, s, B, augment), and
     `start_step=s` starts exactly at step s.
   * Process i of P gets rows [i*B/P, (i+1)*B/P) of each global batch; concatenating the P local
@@ -40,11 +49,12 @@ import numpy as np
 from jaxconv.data.augment import AugmentConfig, make_transform
 
 __all__ = ["train_iterator", "eval_iterator", "EvalIterator", "steps_per_epoch",
-           "epoch_permutation"]
+           "epoch_permutation", "example_index"]
 
 # Positions must fit the 64-bit Philox key word and MapDataset lengths must fit an int64.
 _MAX_POSITION = 2**62
 _PERM_SALT = 0x6A78636F6E76  # "jxconv": separates the permutation stream from other uses
+_AUX_COUNTER = 1  # top word of the recipe ops' Philox counter: a stream disjoint from the first
 
 
 def _source_info(src):
@@ -154,6 +164,21 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> float:
 _THREAD_RNG = threading.local()
 
 
+def _reset(name: str, seed: int, position: int, counter_top: int) -> np.random.Generator:
+  generator = getattr(_THREAD_RNG, name, None)
+  if generator is None:
+    generator = np.random.Generator(np.random.Philox(key=0))
+    setattr(_THREAD_RNG, name, generator)
+  counter = np.zeros(4, np.uint64)
+  counter[3] = counter_top
+  generator.bit_generator.state = {
+      "bit_generator": "Philox",
+      "state": {"counter": counter, "key": np.array([seed, position], dtype=np.uint64)},
+      "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
+  }
+  return generator
+
+
 def _element_rng(seed: int, position: int) -> np.random.Generator:
   """A generator in the exact state of `Generator(Philox(key=(seed, position)))`.
 
@@ -161,16 +186,19 @@ def _element_rng(seed: int, position: int) -> np.random.Generator:
   state (key, zero counter, empty buffer), which is identical and ~4x cheaper. The generator is
   only valid until this thread's next call.
   """
-  generator = getattr(_THREAD_RNG, "generator", None)
-  if generator is None:
-    generator = _THREAD_RNG.generator = np.random.Generator(np.random.Philox(key=0))
-  generator.bit_generator.state = {
-      "bit_generator": "Philox",
-      "state": {"counter": np.zeros(4, np.uint64),
-                "key": np.array([seed, position], dtype=np.uint64)},
-      "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
-  }
-  return generator
+  return _reset("generator", seed, position, 0)
+
+
+def _aux_rng(seed: int, position: int) -> np.random.Generator:
+  """The recipe ops' generator of (seed, position): `Philox(key=(seed, position),
+  counter=[0, 0, 0, _AUX_COUNTER])`, disjoint from `_element_rng`'s stream (same reuse rules)."""
+  return _reset("aux_generator", seed, position, _AUX_COUNTER)
+
+
+def example_index(seed: int, position: int, n: int, aug_repeats: int = 1) -> int:
+  """The example (row of the source) that training position `position` reads."""
+  perm = _cached_permutation(int(seed) % 2**64, position // n, n)
+  return int(perm[(position % n) // aug_repeats])
 
 
 def train_iterator(src, *, global_batch_size: int, seed: int, start_step: int = 0,
@@ -209,21 +237,25 @@ def train_iterator(src, *, global_batch_size: int, seed: int, start_step: int = 
   if start_step >= max_steps:
     raise ValueError(f"start_step={start_step} is too large")
   transform = make_transform(info, augment, train=True)
-  needs_rng = transform.needs_rng
+  needs_rng, needs_aux = transform.needs_rng, transform.needs_aux_rng
+  repeats = augment.aug_repeats if augment is not None else 1
   label_dtype = np.dtype(info.label_dtype)
 
   def load_rows(rows: range) -> dict[str, np.ndarray]:
     positions = [(k // local_batch) * global_batch_size + offset + k % local_batch for k in rows]
-    indices = [int(_cached_permutation(seed, p // n, n)[p % n]) for p in positions]
-    raws, uniforms, labels = [], [], []
+    indices = [int(_cached_permutation(seed, p // n, n)[(p % n) // repeats]) for p in positions]
+    raws, uniforms, plans, labels = [], [], [], []
     for position, example in zip(positions, _read(src, indices)):
-      raw, u = transform.prepare(example["image"], _element_rng(seed, position) if needs_rng
-                                 else None)
+      raw, u, plan = transform.prepare(
+          example["image"], _element_rng(seed, position) if needs_rng else None,
+          _aux_rng(seed, position) if needs_aux else None)
       raws.append(raw)
       uniforms.append(u)
+      plans.append(plan)
       labels.append(example["label"])
     return {
-        "image": transform.apply(np.stack(raws), np.stack(uniforms) if needs_rng else None),
+        "image": transform.apply(np.stack(raws), np.stack(uniforms) if needs_rng else None,
+                                 plans if needs_aux else None),
         "label": np.asarray(labels, label_dtype),
     }
 
