@@ -333,11 +333,27 @@ def unknown_dataset_error(name) -> ValueError:
                     f"generated sequence sets by name pattern: {patterns}")
 
 
-def dataset_info(name: str) -> DatasetInfo:
-  """Static `DatasetInfo` of a registered dataset; no I/O, works without the data present."""
+def dataset_info(name: str, data_dir=None) -> DatasetInfo:
+  """`DatasetInfo` of a registered dataset (static: no I/O, works without the data present), or
+  of an image folder prepared with `python -m experiments.prepare_images` ("NAME" or
+  "NAME:X.Y.Z"), read from DATA_DIR/NAME/<version>/ (metadata.json, dataset_info.json).
+
+  Args:
+    name: a registered name, a generated sequence family name, or a prepared image folder.
+    data_dir: where prepared image folders are looked up (local or gs://); default
+      `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`. Registered datasets ignore it.
+  """
   if isinstance(name, str) and name in _REGISTRY:
     return _REGISTRY[name]
   info = _family_info(name) if isinstance(name, str) else None
-  if info is None:
-    raise unknown_dataset_error(name)
-  return info
+  if info is not None:
+    return info
+  from jaxconv.data import folder  # pylint: disable=g-import-not-at-top
+  found = folder.find_user_dataset(name, data_dir) if isinstance(name, str) else None
+  if found is None:
+    where = data_dir if data_dir is not None else folder.default_data_dir()
+    error = unknown_dataset_error(name)
+    raise ValueError(f"{error} Image folders prepared with `python -m experiments.prepare_images` "
+                     f"are found as DATA_DIR/NAME/<version>/; none named {name!r} under "
+                     f"data_dir={str(where)!r}.") from None
+  return found[1]

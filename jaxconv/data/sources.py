@@ -21,6 +21,9 @@ tfds datasets (cifar10, cifar100, mnist, fashion_mnist, imagenet2012) are read w
 even imported; a missing dataset raises `DatasetNotPreparedError` (a `FileNotFoundError`) saying
 how to prepare it.
 
+Image folders prepared with `python -m experiments.prepare_images` (any other name; see
+`folder.py`) are read from DATA_DIR/NAME/<version>/ with `tfds.builder_from_directory`.
+
 Splits may be sliced: "train[:45000]", "train[90%:]", "test[-500:]" (percentages are floored:
 index = n * pct // 100). Slicing is done by jaxconv, identically for every source.
 
@@ -41,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxconv.data.folder import default_data_dir, find_user_dataset
 from jaxconv.data.info import (OFFLINE_DATASETS, TFDS_DATASETS, DatasetInfo, dataset_info,
                                unknown_dataset_error)
 
@@ -314,10 +318,15 @@ def _offline_source(name: str, split: str) -> ArraySource:
 # tfds datasets
 
 
-def default_data_dir() -> str:
-  """`$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (what tfds itself uses)."""
-  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                          "tensorflow_datasets")
+def _user_source(name: str, split: str, data_dir) -> TfdsSource:
+  """An image folder prepared by `experiments.prepare_images` (see `jaxconv/data/folder.py`)."""
+  found = find_user_dataset(name, data_dir)
+  if found is None:  # pragma: no cover  (dataset_info found it a moment ago)
+    raise DatasetNotPreparedError(f"dataset {name!r} is not prepared under {data_dir!r}")
+  version_dir, info = found
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds = tfds.builder_from_directory(version_dir).as_data_source(split=split)
+  return TfdsSource(ds, info, split)
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -397,10 +406,11 @@ def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = No
   Args:
     name: one of `list_datasets()`.
     split: one of `dataset_info(name).splits`, optionally sliced ("train[:90%]").
-    data_dir: tfds data dir (default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`); ignored by
-      the offline datasets.
+    data_dir: tfds data dir (default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`), also where
+      image folders prepared by `experiments.prepare_images` are found; ignored by the offline
+      datasets.
   """
-  info = dataset_info(name) if isinstance(name, str) else None
+  info = dataset_info(name, data_dir=data_dir) if isinstance(name, str) else None
   if info is None:
     raise unknown_dataset_error(name)
   base, start, stop = _parse_split(split, info)
@@ -409,7 +419,9 @@ def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     src = sequence_source(name, base)
   elif name in OFFLINE_DATASETS:
     src = _offline_source(name, base)
-  else:
+  elif name in TFDS_DATASETS:
     src = _tfds_source(name, base, data_dir)
+  else:
+    src = _user_source(name, base, data_dir)
   return _apply_slice(src, base, start, stop, split)
 
