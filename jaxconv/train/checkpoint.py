@@ -9,6 +9,11 @@ uses the previous step, ``load_checkpoint`` skips it. A checkpoint that is intac
 shapes (another model or optimizer) is an error, not damage: nothing is moved. A fallback is one
 warning line: orbax's asyncio "Event loop is closed" tracebacks and absl metadata notices are
 dropped unless ``$JAXCONV_VERBOSE`` is set.
+
+Every path may be local or ``gs://`` (``etils.epath``; orbax writes arrays through tensorstore).
+On GCS orbax has no rename either: it writes a step in place and marks it finished with a
+``commit_success.txt``, and an unfinished step is ignored as locally. Setting a damaged step aside
+there copies its objects and then deletes them.
 """
 from __future__ import annotations
 
@@ -17,16 +22,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxconv.train.mesh import to_host
+from jaxconv.train.workdir import join, list_files, move_tree, refresh, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +54,35 @@ class DamagedCheckpointsError(RuntimeError):
 
 
 def _digests(step_dir: str) -> dict[str, str]:
+    refresh(step_dir)
     out = {}
-    for root, _, files in os.walk(step_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, step_dir)
-            if rel.startswith(MANIFEST):  # the manifest itself (and its temp file)
-                continue
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[rel] = h.hexdigest()
+    for rel in list_files(step_dir):
+        if rel.startswith(MANIFEST):  # the manifest itself (and its temp file)
+            continue
+        h = hashlib.sha256()
+        with epath.Path(step_dir, rel).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[rel] = h.hexdigest()
     return out
 
 
 def write_manifest(step_dir: str) -> None:
     """Records the SHA-256 of every file of a finished step (atomically: temp file + rename)."""
     digests = _digests(step_dir)
-    tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"sha256": digests}, f, indent=0, sort_keys=True)
-    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+    write_text_atomic(os.path.join(step_dir, MANIFEST),
+                      json.dumps({"sha256": digests}, indent=0, sort_keys=True))
 
 
 def verify_step(step_dir: str) -> str | None:
     """What is wrong with a step's files, or None if they match their checksums (or the step has
     none: written by an older jaxconv, or killed between finishing the step and summing it)."""
     path = os.path.join(step_dir, MANIFEST)
-    if not os.path.exists(path):
+    refresh(path)
+    if not epath.Path(path).exists():
         return None
     try:
-        with open(path) as f:
-            expected = json.load(f)["sha256"]
+        expected = json.loads(epath.Path(path).read_text())["sha256"]
     except (OSError, ValueError, KeyError) as e:
         return f"its checksum file is unreadable ({type(e).__name__})"
     actual = _digests(step_dir)
@@ -165,8 +167,8 @@ def non_finite_parts(state) -> list[str]:
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.quarantine = os.path.abspath(os.path.join(workdir, "corrupt_checkpoints"))
+        self.directory = join(workdir, "checkpoints")
+        self.quarantine = join(workdir, "corrupt_checkpoints")
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -188,7 +190,8 @@ class Checkpointer:
         if jax.process_index() == 0:
             for step in sorted(self._unsummed):
                 step_dir = os.path.join(self.directory, str(step))
-                if os.path.isdir(step_dir):  # not already removed by max_to_keep
+                refresh(step_dir)
+                if epath.Path(step_dir).is_dir():  # not already removed by max_to_keep
                     write_manifest(step_dir)
         self._unsummed.clear()
 
@@ -240,13 +243,14 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> str:
         """Moves a step to the quarantine under a fresh name (never over an earlier one)."""
+        refresh(self.quarantine)
         dst = os.path.join(self.quarantine, str(step))
         n = 1
-        while os.path.exists(dst):
+        while epath.Path(dst).exists():
             dst, n = os.path.join(self.quarantine, f"{step}.{n}"), n + 1
         if jax.process_index() == 0:
-            os.makedirs(self.quarantine, exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), dst)
+            epath.Path(self.quarantine).mkdir(parents=True, exist_ok=True)
+            move_tree(os.path.join(self.directory, str(step)), dst)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"jaxconv_checkpoint_set_aside_{step}")
         self._manager.reload()
@@ -274,9 +278,10 @@ def load_checkpoint(workdir: str, step: int | None = None) -> tuple[int, dict]:
     where it is); an explicitly requested damaged ``step`` raises ValueError.
     """
     _quiet_fallbacks()
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) \
-        if os.path.isdir(directory) else []
+    directory = join(workdir, "checkpoints")
+    refresh(directory)
+    # Finished steps only: on GCS an unfinished one is a directory without commit_success.txt.
+    steps = sorted(ocp.step.checkpoint_steps(directory))
     if not steps:
         raise FileNotFoundError(f"no checkpoint under {directory}")
     if step is not None and step not in steps:
