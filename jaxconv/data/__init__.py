@@ -5,6 +5,9 @@
     src = data.get_source("cifar10", "train")            # src[i] -> {"image", "label"}
     it = data.train_iterator(src, global_batch_size=128, seed=0, start_step=step,
                              augment=data.AugmentConfig(crop_padding=4, flip=True))
+    # ImageNet recipes (ConvNeXt): host-side RandAugment + random erasing, see data.autoaugment
+    recipe = data.AugmentConfig(flip=True, randaugment="rand-m9-mstd0.5-inc1",
+                                random_erasing=0.25)
     for batch in data.eval_iterator(data.get_source("cifar10", "test"), global_batch_size=500):
         ...  # batch["mask"] marks real rows
 

@@ -35,6 +35,7 @@ import dataclasses
 import math
 
 import numpy as np
+from PIL import Image
 
 from jaxconv.data import autoaugment as aa
 
@@ -359,9 +360,12 @@ class Transform:
     plan = None
     if self.needs_aux_rng:
       if self.host_op is not None:
-        x = self._crop_flip(x, u)
-        img = self.host_op(_to_pil(np.ascontiguousarray(x)), aux_rng, self.fill,
-                           self.translate_const)
+        if self.augment.crop_padding:
+          x = pad_and_crop(x, self.augment.crop_padding, u[0], u[1])
+        img = _to_pil(np.ascontiguousarray(x))
+        if self.augment.flip and u[2] < 0.5:  # = hflip, without a strided copy before PIL
+          img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = self.host_op(img, aux_rng, self.fill, self.translate_const)
         x = np.asarray(img).reshape(self.shape)
       if self.erasing is not None:
         plan = self.erasing.plan(aux_rng, *self.shape)
@@ -380,7 +384,7 @@ class Transform:
     """Reference path, one element."""
     x, u, plan = self.prepare(image, rng, aux_rng)
     aug = self.augment
-    if self.host_op is None:
+    if self.host_op is None:  # else prepare did pad-and-crop + flip before the policy
       x = self._crop_flip(x, u)
     x = normalize(x, self.mean, self.std)
     if aug.cutout:

@@ -106,8 +106,17 @@ import torch
 from PIL import Image
 import timm
 from timm.data import create_transform
+from timm.data import auto_augment as taa
 torch.set_num_threads(1)
 paths, n, policy, re_prob = json.loads(sys.argv[1])
+# Pillow >= 12 refuses ImageOps.posterize(img, 0), which timm reaches when mstd noise takes
+# PosterizeIncreasing to magnitude 10; give the black image older Pillow gave (as jaxconv does).
+_posterize = taa.posterize
+def posterize(img, bits, **kwargs):
+  return Image.new(img.mode, img.size, 0) if bits < 1 else _posterize(img, bits, **kwargs)
+for name in taa.NAME_TO_OP:
+  if name.startswith("Posterize"):
+    taa.NAME_TO_OP[name] = posterize
 blobs = [open(p, "rb").read() for p in paths]
 def decode(b):
   return Image.open(io.BytesIO(b)).convert("RGB")
