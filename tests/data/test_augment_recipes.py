@@ -174,6 +174,69 @@ def test_randaugment_choice_and_probability():
   assert abs(np.mean(changed) - 0.8) < 0.03
 
 
+def test_autoaugment_picks_subpolicies_uniformly_and_applies_both_in_order(monkeypatch):
+  calls = []
+  monkeypatch.setattr(aa, "apply_named_op",
+                      lambda img, name, m, **kw: calls.append((name, m)) or img)
+  policy = aa.AutoAugment("v0")
+  policy.policy = tuple(tuple(aa.AugOp(o.name, 1.0, o.magnitude) for o in sub)
+                        for sub in policy.policy)  # p = 1: every op runs
+  rng = np.random.default_rng(4)
+  for _ in range(2500):
+    policy(None, rng, 0, 10)
+  pairs = list(zip(calls[::2], calls[1::2]))
+  table = {tuple((o.name, o.magnitude) for o in sub) for sub in policy.policy}
+  assert set(pairs) == table  # each image: one whole sub-policy, its two ops in order
+  counts = np.unique(pairs, axis=0, return_counts=True)[1]
+  assert counts.min() > 50  # 25 sub-policies, ~100 each
+
+
+def test_trivialaugment_draws(monkeypatch):
+  calls = []
+  monkeypatch.setattr(aa, "apply_trivial_op",
+                      lambda img, name, m, **kw: calls.append((name, m)) or img)
+  ta = aa.TrivialAugment()
+  rng = np.random.default_rng(5)
+  img = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+  for _ in range(7000):
+    ta(img, rng)
+  names = [n for n, _ in calls]
+  assert set(names) == set(aa.TRIVIAL_AUGMENT_OPS)
+  assert min(names.count(n) for n in aa.TRIVIAL_AUGMENT_OPS) > 400  # uniform: ~500 each
+  rot = np.array([m for n, m in calls if n == "Rotate"])
+  bins = aa.trivial_magnitudes("Rotate")
+  assert set(np.abs(rot)) <= set(bins.tolist()) and len(set(np.abs(rot))) > 25
+  assert 0.4 < np.mean(rot < 0) < 0.6  # random sign
+  assert all(m >= 0 for n, m in calls if n in ("Posterize", "Solarize"))
+
+
+def test_color_jitter_factor_range_and_order(monkeypatch):
+  seen = []
+
+  class Spy:
+    def __init__(self, kind):
+      self.kind = kind
+
+    def __call__(self, img):
+      outer = self
+
+      class E:
+        def enhance(self, factor):
+          seen.append((outer.kind, factor))
+          return img
+      return E()
+
+  jitter = aa.ColorJitter(0.4)
+  jitter.enhancers = (Spy("b"), Spy("c"), Spy("s"))
+  rng = np.random.default_rng(6)
+  for _ in range(600):
+    jitter(None, rng)
+  factors = np.array([f for _, f in seen])
+  assert factors.min() >= 0.6 and factors.max() <= 1.4 and abs(factors.mean() - 1) < 0.02
+  orders = {tuple(k for k, _ in seen[i:i + 3]) for i in range(0, len(seen), 3)}
+  assert len(orders) == 6  # all permutations of brightness/contrast/saturation
+
+
 # ---------------------------------------------------------------------------------------------
 # random erasing
 
