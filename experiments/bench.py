@@ -20,6 +20,18 @@ blocks of a stage compiled once (``scan_blocks=True``) and unrolled (``False``).
 
     python -m experiments.bench compile --models resnet56,resnet1202 --scan both
 
+``memory``: per-device bytes of a compiled train step (adamw) under each mesh and sharding:
+parameters and optimizer state from their shardings, and XLA's memory analysis of the compiled
+step (arguments, outputs, temporaries: activations, gradients, gathered parameters). Nothing
+runs; the state is abstract. Needs as many devices as the mesh has; on CPU fake them:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.bench memory \
+        --models convnext_base,resnet152 --batch_size 8 \
+        --mesh data=8 --mesh data=4,fsdp=2 --mesh data=2,fsdp=4 --mesh data=1,fsdp=8
+
+A mesh with an ``fsdp`` axis larger than 1 uses ``config.sharding="fsdp"``, others replicate.
+``--batch_size`` is per device.
+
 Timing is device-only: warm-up, ``block_until_ready``, median of repeats. ``--models`` takes
 registered names and ``path/to/file.py:factory`` / ``package.module:factory`` specs whose
 factory is decorated with ``register_model`` (for its input size). Rows are appended to
@@ -41,6 +53,10 @@ import optax
 
 import jaxconv
 from jaxconv import analysis
+from jaxconv.train import mesh as mesh_lib
+from jaxconv.train import sharding as sharding_lib
+from jaxconv.train.config import default_config
+from jaxconv.train.optim import make_optimizer
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_train_step
 
@@ -114,6 +130,78 @@ def model_costs(name: str, *, image_size: int | None) -> dict:
         "activation_MB_f32": round(acts * 4 / 2**20, 1),
         "jax": jax.__version__,
     }
+
+
+def bench_memory(name: str, mesh_spec, *, batch_size: int, image_size: int | None,
+                 dtype: str, overrides: dict | None = None,
+                 min_size: int = sharding_lib.FSDP_MIN_SIZE) -> dict:
+    """Per-device memory of ``name``'s adamw train step on ``mesh_spec`` (``((axis, size),
+    ...)``), ``batch_size`` images per device; compiled from abstract inputs, never run."""
+    info = jaxconv.model_info(name)
+    h, w, c = info.input_size if image_size is None else (image_size, image_size,
+                                                          info.input_size[2])
+    mesh = mesh_lib.make_mesh(mesh_spec)
+    fsdp = dict(mesh.shape).get(mesh_lib.FSDP_AXIS, 1)
+    sharding = "fsdp" if fsdp > 1 else "replicate"
+    config = default_config()
+    config.optimizer, config.learning_rate, config.weight_decay = "adamw", 1e-3, 0.05
+    model = jaxconv.create_model(name, dtype=jnp.dtype(dtype), **(overrides or {}))
+    tx, schedule = make_optimizer(config, 1000)
+    abstract = jax.eval_shape(lambda: create_train_state(model, tx, (1, h, w, c), seed=0))
+    shardings = sharding_lib.state_shardings(abstract, mesh, sharding, min_size=min_size)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         abstract, shardings)
+    global_batch = batch_size * mesh.size
+    batch_sh = mesh_lib.batch_sharded(mesh)
+    batch = {"image": jax.ShapeDtypeStruct((global_batch, h, w, c), jnp.float32,
+                                           sharding=batch_sh),
+             "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=batch_sh)}
+    # The state is donated, as on an accelerator: the updated state reuses its buffers.
+    step = jax.jit(make_train_step(model, tx, schedule, num_classes=info.num_classes),
+                   in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    mb = lambda n: round(n / 2**20, 3)  # noqa: E731
+    params = sharding_lib.per_device_bytes(abstract.params, shardings.params)
+    opt = sharding_lib.per_device_bytes(abstract.opt_state, shardings.opt_state)
+    args, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    temp, alias = mem.temp_size_in_bytes, mem.alias_size_in_bytes
+    return {
+        "device": analysis.device_name(), "model": name,
+        "mesh": ",".join(f"{a}={n}" for a, n in mesh.shape.items()), "sharding": sharding,
+        "input": f"{global_batch}x{h}x{w}x{c}", "dtype": dtype,
+        "params_M": round(analysis.count_params(abstract.params) / 1e6, 2),
+        "params_MB_per_dev": mb(params), "opt_MB_per_dev": mb(opt),
+        "arguments_MB": mb(args), "temp_MB": mb(temp), "outputs_MB": mb(out),
+        "aliased_MB": mb(alias), "total_MB": mb(args + out + temp - alias),
+        "compile_s": round(compile_s, 1), "jax": jax.__version__,
+    }
+
+
+def _mesh_arg(text: str) -> tuple[tuple[str, int], ...]:
+    """'data=2,fsdp=4' -> (('data', 2), ('fsdp', 4)); sizes may be -1 (the rest)."""
+    axes = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        axis, sep, size = item.partition("=")
+        try:
+            axes.append((axis.strip(), int(size)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected AXIS=SIZE,... with axes "
+                                             f"from {list(mesh_lib.MESH_AXES)}, e.g. "
+                                             "data=2,fsdp=4")
+    try:
+        mesh_lib.parse_mesh(axes, jax.device_count())
+    except ValueError as err:
+        hint = (" (on CPU fake devices with XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+                if jax.default_backend() == "cpu" else "")
+        raise argparse.ArgumentTypeError(f"--mesh {text!r}: {err}{hint}") from None
+    return tuple(axes)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -204,6 +292,19 @@ def main(argv=None) -> list[dict]:
     c.add_argument("--scan", choices=["on", "off", "both"], default="on")
     c.add_argument("--batch_size", type=int, default=8)
     c.add_argument("--csv", default=os.path.join(RUNS, "bench_compile.csv"))
+    y = sub.add_parser("memory", help="per-device bytes of a compiled adamw train step, "
+                                      "replicated vs fsdp, per mesh")
+    y.add_argument("--models", type=_model_list, default="convnext_base")
+    y.add_argument("--mesh", type=_mesh_arg, action="append", default=None,
+                   help="AXIS=SIZE,... (repeatable); default: data=N, and data=N/k,fsdp=k "
+                        "for k = 2, 4, ... up to the device count N")
+    y.add_argument("--batch_size", type=int, default=8, help="images per device")
+    y.add_argument("--image_size", type=int, default=None,
+                   help="square input size (default: each model's own)")
+    y.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    y.add_argument("--model_overrides", type=_overrides, default={},
+                   help="model fields for every model, e.g. drop_path_rate=0.1")
+    y.add_argument("--csv", default=os.path.join(RUNS, "bench_memory.csv"))
     args = parser.parse_args(argv)
     for name in args.models:  # bad overrides: the registry's message, before any compile
         try:
@@ -216,6 +317,17 @@ def main(argv=None) -> list[dict]:
     for name in args.models:
         if args.command == "costs":
             rows.append(model_costs(name, image_size=args.image_size))
+        elif args.command == "memory":
+            n = jax.device_count()
+            meshes = args.mesh or [(("data", n),)] + [
+                (("data", n // k), ("fsdp", k)) for k in (2 ** i for i in range(1, 16))
+                if k <= n and n % k == 0]
+            for spec in meshes:
+                rows.append(bench_memory(name, spec, batch_size=args.batch_size,
+                                         image_size=args.image_size, dtype=args.dtype,
+                                         overrides=args.model_overrides))
+                print(f"  {name} {rows[-1]['mesh']}: {rows[-1]['total_MB']} MB per device",
+                      flush=True)
         elif args.command == "models":
             has_field = "implementation" in _fields(name)
             for implementation in args.implementations if has_field else [None]:

@@ -153,13 +153,14 @@ def state_shardings(state, mesh: Mesh, config, *, min_size: int = FSDP_MIN_SIZE)
 
 
 def create_sharded_train_state(model, tx, input_shape, seed: int, mesh: Mesh, config, *,
-                               input_dtype="float32", min_size: int = FSDP_MIN_SIZE):
-    """``create_train_state``'s state (the same values), initialized straight into its
-    shardings, so no device ever holds the whole state; returns ``(state, shardings)``."""
+                               min_size: int = FSDP_MIN_SIZE, **kwargs):
+    """``create_train_state(model, tx, input_shape, seed, **kwargs)``'s state (bitwise the same
+    values), initialized straight into its shardings under ``config.sharding``, so no device
+    ever holds more than its share; returns ``(state, shardings)``."""
     from jaxconv.train.state import create_train_state
 
     def init():
-        return create_train_state(model, tx, input_shape, seed, input_dtype=input_dtype)
+        return create_train_state(model, tx, input_shape, seed, **kwargs)
 
     shardings = state_shardings(jax.eval_shape(init), mesh, config, min_size=min_size)
     with jax.set_mesh(mesh):
