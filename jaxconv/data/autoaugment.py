@@ -257,7 +257,8 @@ class RandAugment:
     spec = parse_randaugment(policy)
     self.spec = spec
     names = RAND_INCREASING_TRANSFORMS if spec.increasing else RAND_TRANSFORMS
-    mmax = float(spec.magnitude_max) if spec.magnitude_max is not None else LEVEL_DENOM
+    # timm: `magnitude_max or 10`, so mmax0 also means the default bound 10
+    mmax = float(spec.magnitude_max) if spec.magnitude_max else LEVEL_DENOM
     self.ops = tuple(AugOp(name, spec.prob, float(spec.magnitude), spec.magnitude_std, mmax)
                      for name in names)
     self.num_layers = spec.num_layers

@@ -28,7 +28,7 @@ TRANSLATE_CONST = 8
 MAGNITUDES = (2, 6.5, 10)
 TA_BINS = (0, 7, 19, 30)
 RA_STRINGS = ("rand-m9-mstd0.5-inc1", "rand-m9-mstd0.5", "rand-m7-n3-mstd1.0-inc1-mmax12",
-              "rand-m10-n1-p0.8", "rand-m5-mstd101", "rand-n4-inc0", "rand")
+              "rand-m10-n1-p0.8", "rand-m5-mstd101", "rand-n4-inc0", "rand", "rand-m12-mmax0")
 AA_STRINGS = ("original", "originalr", "v0", "v0r", "original-mstd0.5", "v0-mstd2")
 
 
