@@ -10,26 +10,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
 import jaxconv
 from jaxconv import data
+from jaxconv.data.mix import mix_config_from
 from jaxconv.quantize.qat import qat_config_from, qat_training_model
 from jaxconv.train import mesh as mesh_lib
 from jaxconv.train.checkpoint import Checkpointer, non_finite_parts
 from jaxconv.train.config import default_config
 from jaxconv.train.metrics import MetricsWriter
-from jaxconv.train import optim
+from jaxconv.train import distill, optim
 from jaxconv.train.optim import make_optimizer
 from jaxconv.train.state import create_train_state
 from jaxconv.train.steps import make_eval_step, make_train_step
-from jaxconv.train.validation import check_batch_fits_data, check_memory, check_ranges
+from jaxconv.train.validation import (check_batch_fits_data, check_memory, check_ranges,
+                                     check_recipe)
 from jaxconv.train.workdir import prepare_workdir
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,16 @@ def _choice(field: str, value, valid) -> None:
         raise ValueError(f"config.{field}={value!r} is not valid; choose one of {sorted(valid)}")
 
 
+#: Free-form fields: checked against a model's own fields (by create_model), not the schema.
+MODEL_FIELDS = ("config.model_overrides", "config.distill.teacher_overrides")
+
+
 def _check_keys(config, schema, prefix="config") -> None:
     for key in config.keys():
         if key not in schema:
             raise ValueError(f"{prefix}.{key} is not a training config field; valid fields of "
                              f"{prefix}: {sorted(schema.keys())}")
-        if key != "model_overrides" and hasattr(schema[key], "keys"):
+        if f"{prefix}.{key}" not in MODEL_FIELDS and hasattr(schema[key], "keys"):
             _check_keys(config[key], schema[key], f"{prefix}.{key}")
 
 
@@ -75,6 +81,7 @@ def validate_config(config, *, check_fits_machine: bool = True) -> None:
     if (config.num_train_steps or 0) <= 0 and (config.num_epochs or 0) <= 0:
         raise ValueError("set config.num_train_steps or config.num_epochs to a positive number "
                          f"(got {config.num_train_steps}, {config.num_epochs})")
+    check_recipe(config, info)  # loss, mixing, EMA, accumulation, distillation (builds the teacher)
     if info.is_sequence and data.AugmentConfig(**config.augment).enabled:
         raise ValueError(f"config.augment={dict(config.augment)}: the image augmentations do not "
                          f"apply to the sequence dataset {config.dataset}; leave them off")
@@ -150,6 +157,27 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+def recipe_step_options(config) -> dict:
+    """The ``make_train_step`` keyword arguments of the recipe fields (all off by default)."""
+    return dict(loss=config.loss, bce_target_thresh=config.bce_target_thresh,
+                mix=mix_config_from(config), grad_accum_steps=config.grad_accum_steps,
+                distill_temperature=float(config.distill.temperature),
+                distill_weight=float(config.distill.weight), ema_decay=config.ema_decay,
+                ema_warmup=bool(config.ema_warmup))
+
+
+def evaluate_all(eval_step, state, source, config, mesh) -> dict:
+    """:func:`evaluate` of the raw weights, and of the EMA weights (``eval_ema_*``) if any."""
+    row = evaluate(eval_step, state, source, config, mesh)
+    if state.ema is not None:
+        ema_state = state.replace(params=state.ema["params"],
+                                  model_state=state.ema["model_state"])
+        row.update({k.replace("eval_", "eval_ema_", 1): v for k, v in
+                    evaluate(eval_step, ema_state, source, config, mesh).items()
+                    if k != "eval_count"})
+    return row
+
+
 def evaluate(eval_step, state, source, config, mesh) -> dict:
     it = data.eval_iterator(source, global_batch_size=config.batch_size,
                             process_index=jax.process_index(), process_count=jax.process_count())
@@ -198,8 +226,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     tx, schedule = make_optimizer(config, total_steps)
     state = create_train_state(model, tx, (1, *model_input_shape(config, info)), config.seed,
-                               input_dtype=info.input_dtype)
+                               input_dtype=info.input_dtype, ema=config.ema_decay is not None)
     state = jax.device_put(state, repl)
+    # The distillation teacher: frozen, read again on every (re)start, never checkpointed.
+    teacher, teacher_variables = distill.load_teacher(config, info.num_classes,
+                                                      DTYPES[config.dtype])
+    teacher_args = () if teacher is None else (jax.device_put(teacher_variables, repl),)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     state = checkpointer.restore_latest(state)
@@ -214,9 +246,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     donate = () if jax.default_backend() == "cpu" else (0,)
     train_step = jax.jit(make_train_step(model, tx, schedule, num_classes=info.num_classes,
                                          label_smoothing=config.label_smoothing,
-                                         image_size=config.image_size, task=info.task),
-                         in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
-                         donate_argnums=donate)
+                                         image_size=config.image_size, task=info.task,
+                                         teacher=teacher, **recipe_step_options(config)),
+                         in_shardings=(repl, batch_sh) + (repl,) * len(teacher_args),
+                         out_shardings=(repl, repl), donate_argnums=donate)
     eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
                                        image_size=config.image_size, task=info.task),
                         in_shardings=(repl, batch_sh), out_shardings=repl)
@@ -237,7 +270,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     dynamic_ncols=True, mininterval=1.0, desc=f"{config.model} on {config.dataset}")
     try:
         for step in range(start_step + 1, total_steps + 1):
-            state, metrics = train_step(state, mesh_lib.global_batch(next(batches), mesh))
+            state, metrics = train_step(state, mesh_lib.global_batch(next(batches), mesh),
+                                        *teacher_args)
             pending.append(metrics)
             interval_steps += 1
             bar.update(1)
@@ -257,7 +291,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        "wall_time": time.perf_counter() - run_start}
                 pending.clear()
                 if eval_due:
-                    row.update(evaluate(eval_step, state, eval_src, config, mesh))
+                    row.update(evaluate_all(eval_step, state, eval_src, config, mesh))
                 writer.write(row)
                 summary = row
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
@@ -285,11 +319,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.close()
         checkpointer.close()
     if "eval_loss" not in summary:  # nothing left to train (a finished run re-run): report anyway
-        summary.update(evaluate(eval_step, state, eval_src, config, mesh))
+        summary.update(evaluate_all(eval_step, state, eval_src, config, mesh))
     summary = dict(summary, model=config.model, dataset=config.dataset,
                    num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
                    run_wall_time=time.perf_counter() - run_start)
-    if is_main:
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+    if is_main:  # through epath, so a gs:// workdir works too
+        (epath.Path(workdir) / "final_metrics.json").write_text(
+            json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -5,7 +5,10 @@
   cross-entropy and accuracy averaged over the labelled positions only.
 * ``regression``: outputs [B, K], float targets [B, K]; mean squared error (no accuracy).
 
-The classification path is unchanged from the image-only version (bitwise-identical steps).
+The classification path is unchanged from the image-only version (bitwise-identical steps)
+when the recipe options are off; with any of them on (``mix``, ``loss='sigmoid_xent'``, a
+``teacher``, ``grad_accum_steps > 1``) the recipe step runs instead, and ``ema_decay`` adds the
+EMA update to either (see :func:`make_train_step`).
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxconv.data.mix import MixConfig, mix_batch, smooth_one_hot
+from jaxconv.train import losses
+from jaxconv.train.ema import update_ema
 from jaxconv.train.state import TrainState
 
 
@@ -87,19 +93,62 @@ def train_apply(model, variables, x, *, mutable, rng, step):
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_classes: int,
                     label_smoothing: float = 0.0, image_size: int | None = None,
-                    task: str = "classification"):
+                    task: str = "classification", loss: str = "softmax_xent",
+                    bce_target_thresh: float | None = None, mix: MixConfig | None = None,
+                    grad_accum_steps: int = 1, teacher=None, distill_temperature: float = 1.0,
+                    distill_weight: float = 1.0, ema_decay: float | None = None,
+                    ema_warmup: bool = False):
     """Returns ``step(state, batch) -> (state, metrics)``; BN statistics are over the global batch
     because the batch is one logical array sharded over the mesh. ``image_size`` resizes each
     batch on device first (resolution scaling without touching the data pipeline). A model that
     returns ``(logits, aux_logits)`` in train mode gets ``AUX_LOSS_WEIGHT`` times the auxiliary
     cross-entropy added to its loss. ``task`` is the dataset's (see the module docstring);
-    regression steps report no ``top1``."""
+    regression steps report no ``top1``.
+
+    Recipe options (image classification; see :func:`_make_recipe_step`): ``mix`` (mixup /
+    CutMix on device, ``jaxconv.data.mix``; its ``label_smoothing`` is used), ``loss``
+    (``jaxconv.train.losses.LOSSES``), ``teacher`` (a Linen module: the step becomes
+    ``step(state, batch, teacher_variables)``, distilled with ``distill_temperature`` and
+    ``distill_weight``), ``grad_accum_steps``. ``ema_decay`` (any task; ``state.ema`` must be set,
+    ``create_train_state(..., ema=True)``) updates the EMA after each optimizer update.
+    """
+    recipe = (mix is not None or losses.check_loss(loss) != "softmax_xent"
+              or teacher is not None or grad_accum_steps != 1)
     if check_task(task) != "classification":
         if image_size is not None:
             raise ValueError("image_size (resizing) applies to image classification only")
-        return _make_sequence_train_step(model, tx, schedule, num_classes=num_classes,
+        if recipe:
+            raise ValueError("mixup/CutMix, sigmoid_xent, distillation and grad_accum_steps "
+                             f"apply to image classification only (task {task!r})")
+        step = _make_sequence_train_step(model, tx, schedule, num_classes=num_classes,
                                          label_smoothing=label_smoothing, task=task)
+    elif recipe:
+        step = _make_recipe_step(
+            model, tx, schedule, num_classes=num_classes, label_smoothing=label_smoothing,
+            image_size=image_size, loss=loss, bce_target_thresh=bce_target_thresh, mix=mix,
+            grad_accum_steps=grad_accum_steps, teacher=teacher,
+            distill_temperature=distill_temperature, distill_weight=distill_weight)
+    else:
+        step = _make_classification_step(model, tx, schedule, num_classes=num_classes,
+                                          label_smoothing=label_smoothing, image_size=image_size)
+    return step if ema_decay is None else _with_ema(step, ema_decay, ema_warmup)
 
+
+def _with_ema(step_fn, decay: float, warmup: bool):
+    """``step_fn`` followed by the EMA update of the new params and model_state."""
+    def step(state: TrainState, *args):
+        if state.ema is None:
+            raise ValueError("ema_decay is set but state.ema is None: create the state with "
+                             "create_train_state(..., ema=True)")
+        new_state, metrics = step_fn(state, *args)
+        ema = update_ema(new_state.ema, new_state.params, new_state.model_state, new_state.step,
+                         decay, warmup)
+        return new_state.replace(ema=ema), metrics
+
+    return step
+
+
+def _make_classification_step(model, tx, schedule, *, num_classes, label_smoothing, image_size):
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         mutable = list(state.model_state.keys())
@@ -126,6 +175,114 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
         metrics = {
             "loss": loss,
             "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "learning_rate": schedule(state.step),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        new_state = state.replace(step=state.step + 1, params=params,
+                                  model_state=dict(new_model_state), opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+#: fold_in salt of the step key for the mixup/CutMix draw (the step key itself drives dropout).
+MIX_SALT = 0x6D6978
+
+
+def microbatches(tree, k: int):
+    """Splits the leading axis B of every leaf into ``[k, B // k, ...]``, microbatch j taking
+    rows j, j + k, j + 2k, ...: each device's contiguous shard of the batch holds an equal part
+    of every microbatch, so no microbatch lives on a subset of the devices."""
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"grad_accum_steps={k} must divide the batch size {x.shape[0]}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+    return jax.tree.map(split, tree)
+
+
+def _make_recipe_step(model, tx, schedule, *, num_classes, label_smoothing, image_size, loss,
+                      bce_target_thresh, mix, grad_accum_steps, teacher, distill_temperature,
+                      distill_weight):
+    """The classification step with the training-recipe options.
+
+    Order within one jitted step: resize, mixup/CutMix of the whole global batch (soft targets
+    with label smoothing folded in; without mixing, the smoothed one-hots), the teacher's logits
+    on the mixed images (``train=False``, no gradient), then ``grad_accum_steps`` microbatches
+    (``lax.scan``): each a forward/backward of ``B / k`` rows whose gradients are summed and
+    divided by k, so for a model without BatchNorm the update equals that of one batch of B (up
+    to float32 summation order). One optimizer update per step.
+
+    BatchNorm under accumulation: each microbatch is normalized with its own statistics (B / k
+    rows, not B) and the running statistics are updated k times per step, one per microbatch in
+    order (as PyTorch accumulation loops do). ``top1`` compares the argmax with the unmixed
+    labels.
+    """
+    k = int(grad_accum_steps)
+    if isinstance(grad_accum_steps, bool) or k != grad_accum_steps or k < 1:
+        raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be an int >= 1")
+
+    def base_loss(logits, targets):
+        return losses.classification_loss(loss, logits, targets,
+                                          bce_target_thresh=bce_target_thresh)
+
+    def step(state: TrainState, batch, teacher_variables=None):
+        if (teacher is None) != (teacher_variables is None):
+            raise ValueError("a step built with a teacher takes (state, batch, teacher_variables)"
+                             "; without one, (state, batch)")
+        rng = jax.random.fold_in(state.rng, state.step)
+        mutable = list(state.model_state.keys())
+        images, labels = resize_images(batch["image"], image_size), batch["label"]
+        if mix is not None:
+            images, targets, _ = mix_batch(jax.random.fold_in(rng, MIX_SALT), images, labels,
+                                           num_classes, mix)
+        else:
+            targets = smooth_one_hot(labels, num_classes, label_smoothing)
+        inputs = {"image": images, "target": targets, "label": labels}
+        if teacher is not None:
+            inputs["teacher"] = teacher.apply(teacher_variables, images, train=False)
+
+        def loss_fn(params, model_state, x, dropout_rng):
+            out = train_apply(model, {"params": params, **model_state}, x["image"],
+                              mutable=mutable, rng=dropout_rng, step=state.step)
+            logits, new_model_state = out if mutable else (out, {})
+            aux = None
+            if isinstance(logits, tuple):  # (logits, aux_logits)
+                logits, aux = logits
+            _check_outputs("classification", logits, x["label"])
+            per_example = base_loss(logits, x["target"])
+            if aux is not None:
+                per_example = per_example + AUX_LOSS_WEIGHT * base_loss(aux, x["target"])
+            if teacher is not None:
+                per_example = losses.distillation_loss(
+                    per_example, logits, x["teacher"], temperature=distill_temperature,
+                    weight=distill_weight)
+            correct = jnp.sum(jnp.argmax(logits, -1) == x["label"])
+            return per_example.mean(), (correct, new_model_state)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if k == 1:
+            (loss_value, (correct, new_model_state)), grads = grad_fn(
+                state.params, state.model_state, inputs, rng)
+        else:
+            def body(carry, xs):
+                grad_sum, loss_sum, correct_sum, model_state = carry
+                index, x = xs
+                (value, (c, new_ms)), g = grad_fn(state.params, model_state, x,
+                                                  jax.random.fold_in(rng, index))
+                return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + value,
+                        correct_sum + c, dict(new_ms) if mutable else model_state), None
+
+            init = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
+                    jnp.zeros((), jnp.int32), dict(state.model_state))
+            (grad_sum, loss_sum, correct, new_model_state), _ = jax.lax.scan(
+                body, init, (jnp.arange(k), microbatches(inputs, k)))
+            grads = jax.tree.map(lambda g: g / k, grad_sum)
+            loss_value = loss_sum / k
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss_value,
+            "top1": correct / labels.shape[0],
             "learning_rate": schedule(state.step),
             "grad_norm": optax.tree.norm(grads),
         }

@@ -148,3 +148,45 @@ def check_memory(config, info, input_shape) -> None:
             f"({size} inputs) needs at least {need / 2**30:,.1f} GiB of activations per training "
             f"step ({config.model}, estimated from a batch-1 trace), more than the "
             f"{limit / 2**30:,.1f} GiB of {where}; lower image_size or batch_size")
+
+
+def check_recipe(config, info) -> None:
+    """The training-recipe fields (loss, mixing, EMA, accumulation, distillation), each refused
+    with a ValueError naming the field, the value and the valid choices/range."""
+    import jax
+    from jaxconv.data.mix import mix_config_from
+    from jaxconv.train import distill, losses
+    losses.check_loss(config.loss)
+    _number(config, "bce_target_thresh", 0, 1, low_open=True, high_open=False, optional=True)
+    if config.bce_target_thresh is not None and config.loss != "sigmoid_xent":
+        raise ValueError(f"config.bce_target_thresh={config.bce_target_thresh!r} applies to "
+                         f"config.loss='sigmoid_xent' only (loss is {config.loss!r}); set it "
+                         "to None or use sigmoid_xent")
+    _number(config, "ema_decay", 0, 1, low_open=True, optional=True)
+    if not isinstance(config.ema_warmup, (bool, np.bool_)):
+        raise ValueError(f"config.ema_warmup={config.ema_warmup!r} must be True or False")
+    if config.ema_warmup and config.ema_decay is None:
+        raise ValueError("config.ema_warmup=True needs config.ema_decay (e.g. 0.9999); "
+                         "ema_decay=None turns the EMA off")
+    _number(config, "grad_accum_steps", 1, None, integer=True)
+    k, devices = config.grad_accum_steps, jax.device_count()
+    if config.batch_size % (k * devices):
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by "
+                         f"config.grad_accum_steps x device count = {k} x {devices}: each "
+                         "microbatch is split evenly over the devices")
+    mix = mix_config_from(config)  # ranges and mix_mode choices
+    if mix is not None and config.batch_size % 2:
+        raise ValueError(f"config.batch_size={config.batch_size} must be even with mixup / "
+                         "CutMix (each row is mixed with its mirror row)")
+    distill.check_config(config, None if info.is_sequence else info.num_classes)
+    if info.is_sequence:
+        used = [name for name, on in (
+            ("augment.mixup_alpha / augment.cutmix_alpha", mix is not None),
+            ("loss", config.loss != "softmax_xent"),
+            ("distill.teacher", distill.enabled(config)),
+            ("grad_accum_steps", config.grad_accum_steps != 1)) if on]
+        if used:
+            raise ValueError(f"config.{used[0]}: mixing, sigmoid_xent, distillation and "
+                             "gradient accumulation apply to image classification; "
+                             f"{config.dataset} is a sequence dataset ({info.task}): leave "
+                             "them at their defaults")
