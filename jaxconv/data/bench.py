@@ -164,22 +164,38 @@ def recipe_suite(args):
     src = JpegBytesSource(blobs, info)
     full = data.AugmentConfig(flip=True, randaugment=RECIPE_POLICY, random_erasing=RECIPE_ERASING,
                               erasing_mode="pixel")
-    rows = []
-    start = time.perf_counter()
-    for k in range(n):
-      src[k % len(src)]
-    rows.append(("decode", n / (time.perf_counter() - start)))
-    for label, cfg in [("decode+rrc+flip+normalize", data.AugmentConfig(flip=True)),
-                       ("full", full)]:
-      it = data.train_iterator(src, global_batch_size=batch, seed=0, augment=cfg, num_threads=1)
-      shape = next(it)["image"].shape
-      rows.append((label, _rate(it, n // batch, batch)))
-    theirs = _torch_rates(args.torch_python, paths, n) if args.torch_python else None
-  print(f"jaxconv output batch {shape} float32: decode -> RandomResizedCrop -> flip -> "
+
+    def ours():
+      rates = {}
+      start = time.perf_counter()
+      for k in range(n):
+        src[k % len(src)]
+      rates["decode"] = n / (time.perf_counter() - start)
+      for label, cfg in [("decode+rrc+flip+normalize", data.AugmentConfig(flip=True)),
+                         ("full", full)]:
+        it = data.train_iterator(src, global_batch_size=batch, seed=0, augment=cfg,
+                                 num_threads=1)
+        shapes[label] = next(it)["image"].shape
+        rates[label] = _rate(it, n // batch, batch)
+      return rates
+
+    # Alternate the two sides and keep each row's best: on a loaded machine the slowest runs
+    # measure the neighbours, not the pipeline.
+    shapes, best, theirs = {}, {}, None
+    for _ in range(args.repeats):
+      for label, rate in ours().items():
+        best[label] = max(best.get(label, 0.0), rate)
+      if args.torch_python:
+        run = _torch_rates(args.torch_python, paths, n)
+        theirs = run if theirs is None else {
+            k: max(v, run[k]) if isinstance(v, float) else v for k, v in theirs.items()}
+  rows = list(best.items())
+  print(f"jaxconv output batch {shapes['full']} float32: decode -> RandomResizedCrop -> flip -> "
         f"RandAugment {RECIPE_POLICY} -> normalize -> RandomErasing p={RECIPE_ERASING} pixel")
   if theirs:
     print(f"timm {theirs['timm']} / torch {theirs['torch']} ({theirs['threads']} thread), output "
           f"{theirs['shape']}: {theirs['transform']}")
+  print(f"best of {args.repeats} alternating runs per side")
   print(f"{'pipeline (JPEG -> 224 crop)':<34} {'jaxconv img/s':>14}"
         + (f" {'timm img/s':>11} {'ratio':>6}" if theirs else ""))
   for label, rate in rows:
@@ -201,6 +217,8 @@ def main(argv=None):
   parser.add_argument("--recipe_images", type=int, default=256,
                       help="images timed per recipe row (a multiple of 32)")
   parser.add_argument("--jpeg_count", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="recipe suite: alternating runs per side; the best is reported")
   parser.add_argument("--torch_python", default=None,
                       help="a python with torch+timm: run timm's transform on the same JPEGs")
   args = parser.parse_args(argv)

@@ -452,7 +452,7 @@ def test_enabled_and_host_op_choice():
 def test_bench_recipe_suite_runs(capsys):
   from jaxconv.data import bench
   rows, theirs = bench.recipe_suite(type("Args", (), dict(recipe_images=32, jpeg_count=2,
-                                                           torch_python=None))())
+                                                           torch_python=None, repeats=1))())
   assert [label for label, _ in rows] == ["decode", "decode+rrc+flip+normalize", "full"]
   assert theirs is None and all(rate > 0 for _, rate in rows)
   assert "(32, 224, 224, 3)" in capsys.readouterr().out
