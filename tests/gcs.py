@@ -2,8 +2,14 @@
 
 `gcp-storage-emulator` (pure Python, in the ``test`` extra) serves the GCS JSON API from memory in
 a subprocess on 127.0.0.1 (a subprocess, so a training subprocess can be SIGKILLed while the
-server lives on, and the pytest process's GIL never stalls it). :func:`start` points every client
-at it through the environment of this process, which subprocesses inherit:
+server lives on, and the pytest process's GIL never stalls it). Two things real GCS does and the
+emulator (2026.7.19) does not are added by :func:`_conform` (this file is the server's main):
+generation preconditions (``ifGenerationMatch`` / ``ifGenerationNotMatch`` -> 412 / 304) and the
+``x-goog-generation`` header on media reads. tensorstore's OCDBT (orbax's array format) updates its
+manifest by a read + a conditional write on that generation; without them a save failed now and
+then with "Error writing .../manifest.ocdbt: Malformed StorageGeneration".
+:func:`start` points every client at the server through the environment of this process, which
+subprocesses inherit:
 
 =================================== ===========================================================
 ``STORAGE_EMULATOR_HOST``           gcsfs (so ``etils.epath``) and google-cloud-storage
@@ -85,8 +91,7 @@ def start(bucket: str = BUCKET, *, timeout: float = 60.0) -> Emulator:
         url = f"http://127.0.0.1:{port}"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                 "--port", str(port), "--in-memory", "--default-bucket", bucket, "--quiet"],
+                [sys.executable, os.path.abspath(__file__), str(port), bucket],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
@@ -118,3 +123,59 @@ def emulator(bucket: str = BUCKET):
         yield server.bucket
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------- the server process
+
+
+def _conform(server, objects, exceptions) -> None:
+    """Adds generation preconditions and the x-goog-generation header to the emulator's object
+    routes (uploads, reads, deletes, compose), as the real GCS JSON API has them."""
+
+    def generation(storage, bucket, name) -> int:
+        try:
+            return int(storage.get_file_obj(bucket, name)["generation"])
+        except exceptions.NotFound:
+            return 0  # GCS: ifGenerationMatch=0 means "the object must not exist"
+
+    def wrap(handler):
+        def conforming(request, response, storage, *args, **kwargs):
+            bucket = request.params.get("bucket_name")
+            name = request.params.get("object_id") or (request.query.get("name") or [None])[0]
+            if bucket and name:
+                current = generation(storage, bucket, name)
+                match = request.query.get("ifGenerationMatch")
+                not_match = request.query.get("ifGenerationNotMatch")
+                if match and int(match[0]) != current:
+                    response.status = server.HTTPStatus.PRECONDITION_FAILED
+                    return None
+                if not_match and int(not_match[0]) == current:
+                    response.status = server.HTTPStatus.NOT_MODIFIED
+                    return None
+            result = handler(request, response, storage, *args, **kwargs)
+            if bucket and name and response.status.value < 300:
+                current = generation(storage, bucket, name)
+                if current:
+                    response["x-goog-generation"] = str(current)
+                    response["x-goog-metageneration"] = "1"
+            return result
+        return conforming
+
+    wrapped = (objects.insert, objects.get, objects.download, objects.delete, objects.compose)
+    server.HANDLERS = tuple(
+        (regex, {method: wrap(h) if h in wrapped else h for method, h in handlers.items()})
+        for regex, handlers in server.HANDLERS)
+
+
+def _serve(port: int, bucket: str) -> None:
+    import logging
+
+    from gcp_storage_emulator import exceptions, server
+    from gcp_storage_emulator.handlers import objects
+    logging.basicConfig(level=logging.WARNING)
+    _conform(server, objects, exceptions)
+    server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2])
