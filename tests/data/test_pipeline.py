@@ -120,6 +120,24 @@ def test_element_rng_is_philox_keyed_by_seed_and_position():
     np.testing.assert_array_equal(rng.random((10, 4)), expected[1])
 
 
+def test_aux_rng_is_a_separate_philox_stream_of_seed_and_position():
+  """The recipe ops' generator: same key, counter from 2**192; it does not disturb (or equal)
+  the element generator, so the existing draws are unchanged when the recipe ops are on."""
+  from jaxconv.data import pipeline
+  for seed, position in [(0, 0), (3, 17), (2**64 - 1, 2**61)]:
+    key = np.array([seed, position], np.uint64)
+    fresh = np.random.Generator(np.random.Philox(key=key,
+                                                 counter=np.array([0, 0, 0, 1], np.uint64)))
+    expected = fresh.random(9)
+    main = np.random.Generator(np.random.Philox(key=key)).random(5)
+    pipeline._aux_rng(seed + 1 if seed < 5 else 0, 99).random(3)  # dirty the reused state
+    rng = pipeline._element_rng(seed, position)
+    aux = pipeline._aux_rng(seed, position)
+    np.testing.assert_array_equal(aux.random(9), expected)
+    np.testing.assert_array_equal(rng.random(5), main)  # interleaving leaves the first intact
+    assert not np.isin(expected, main).any()
+
+
 def test_argument_validation():
   src = tiny_source(10)
   with pytest.raises(ValueError, match="divisible"):
