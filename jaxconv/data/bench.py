@@ -206,6 +206,17 @@ def recipe_suite(args):
   return rows, theirs
 
 
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or ""
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=30)
@@ -227,7 +238,7 @@ def main(argv=None):
   if bad:
     raise ValueError(f"--suite={args.suite!r}: unknown {bad}; valid: basic, recipe")
   import grain  # pylint: disable=g-import-not-at-top
-  print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, "
+  print(f"machine: {platform.node()} {platform.machine()} {_cpu_model()}, "
         f"os.cpu_count()={os.cpu_count()}, python {platform.python_version()}, "
         f"numpy {np.__version__}, grain {getattr(grain, '__version__', '?')}")
   if hasattr(os, "getloadavg"):

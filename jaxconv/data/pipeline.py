@@ -213,7 +213,8 @@ def train_iterator(src, *, global_batch_size: int, seed: int, start_step: int = 
     global_batch_size: B, summed over processes; must be divisible by `process_count`.
     seed: non-negative int; reduced mod 2**64.
     start_step: first step to yield (resume = pass the step to run next).
-    augment: `AugmentConfig`; default no augmentation.
+    augment: `AugmentConfig`; default no augmentation. Its `aug_repeats` also sets which example
+      each position reads (see the module docstring); mixup/CutMix are not applied here.
     process_index, process_count: this process's rows of each global batch.
     num_threads: grain prefetch threads (None: min(16, cpu count); 0: no threads, no prefetch).
     prefetch_batches: how many local batches grain keeps in flight.
