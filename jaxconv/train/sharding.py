@@ -18,6 +18,7 @@ reduce-scattered to their parameter's layout, so the optimizer updates only the 
 """
 from __future__ import annotations
 
+import ast
 import math
 import re
 
@@ -44,6 +45,13 @@ def _bad(sharding, why: str) -> ValueError:
 def check_sharding(sharding, axis_names=None) -> tuple[tuple[re.Pattern, object], ...]:
     """Validates ``config.sharding`` (and, given the mesh's ``axis_names``, that the axes it
     uses exist); returns it as compiled rules. Raises ValueError naming config.sharding."""
+    if isinstance(sharding, str) and sharding.lstrip()[:1] in ("(", "["):
+        # Rules given on the command line: the field's default is a string, so
+        # --config.sharding="((regex, spec), ...)" arrives as the literal's text.
+        try:
+            sharding = ast.literal_eval(sharding)
+        except (ValueError, SyntaxError):
+            raise _bad(sharding, "rules given as text must be a Python literal") from None
     if isinstance(sharding, str):
         if sharding not in MODES:
             raise _bad(sharding, f"unknown mode {sharding!r}")

@@ -230,6 +230,15 @@ def test_regex_rules_first_match_wins():
     assert sh.spec_for("step", (), rules, MESH) == P()  # no rule matches: replicated
 
 
+def test_rules_as_command_line_text():
+    text = "(('head/kernel$', (None, 'fsdp')), ('kernel$', 'fsdp'))"
+    rules = sh.check_sharding(text, MESH.axis_names)
+    assert [(p.pattern, spec) for p, spec in rules] == [("head/kernel$", (None, "fsdp")),
+                                                       ("kernel$", "fsdp")]
+    with pytest.raises(ValueError, match=r"config.sharding=.*must be a Python literal"):
+        sh.check_sharding("((kernel, fsdp),)")
+
+
 @pytest.mark.parametrize("sharding, message", [
     ("zero3", r"config.sharding='zero3'.*'replicate', 'fsdp'"),
     ((("(", "fsdp"),), r"config.sharding=.*regex '\(' does not compile"),
