@@ -34,6 +34,11 @@ ARGS = {
     "seq_tasks": [None, "listops", "copy_memory", "assoc_recall,runlocal", "adding,runlocal",
                   "assoc_recall,seq_attention_tiny,runlocal"],
     "seq_ucr": [None, "osuleaf,ucr_resnet", "basicmotions,runlocal"],
+    # The training recipes: validated (and their runlocal trained) in tests/test_recipe_configs.py.
+    "imagenet_convnext": [],
+    "imagenet_resnet_rsb": [],
+    "imagenet_finetune": [],
+    "cifar10_distill": [],
 }
 
 

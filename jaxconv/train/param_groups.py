@@ -207,3 +207,35 @@ def classifier_mask(params, num_classes: int):
              and shapes[n].shape[-1] == num_classes}
     return jax.tree_util.tree_map_with_path(
         lambda p, _: path_name(p).rsplit("/", 1)[0] not in heads, params)
+
+
+def merge_pretrained(params, pretrained, reinit=()) -> tuple[object, list[str]]:
+    """``params`` with every leaf taken from ``pretrained`` (same tree layout, e.g. a checkpoint's
+    ``state["params"]``) except those whose name matches a regex of ``reinit`` (kept as freshly
+    initialised, e.g. ``("^head/fc/",)`` for a new classifier). Returns ``(params, names kept)``.
+
+    A leaf missing from ``pretrained`` or shaped differently must be matched by ``reinit``:
+    otherwise ValueError listing them (a wrong checkpoint would train mostly from scratch).
+    """
+    compiled = [re.compile(r) for r in reinit]
+    loaded = dict(_leaves(pretrained))
+    kept, bad = [], []
+
+    def pick(path, fresh):
+        name = path_name(path)
+        if any(r.search(name) for r in compiled):
+            kept.append(name)
+            return fresh
+        old = loaded.get(name)
+        if old is None or tuple(old.shape) != tuple(fresh.shape):
+            bad.append(f"{name} {tuple(fresh.shape)} <- "
+                       f"{'missing' if old is None else tuple(old.shape)}")
+            return fresh
+        return jax.numpy.asarray(old, fresh.dtype)
+
+    merged = jax.tree_util.tree_map_with_path(pick, params)
+    if bad:
+        raise ValueError(f"the pretrained parameters do not fit the model ({len(bad)} leaves; "
+                         f"match them with a re-init regex to train them from scratch): "
+                         + "; ".join(bad[:10]))
+    return merged, kept
