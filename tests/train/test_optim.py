@@ -193,3 +193,16 @@ def test_bad_optimizer_fields_fail_before_training(field, value, match):
     c[field] = value
     with pytest.raises(ValueError, match=match):
         validate_config(c, check_fits_machine=False)
+
+
+def test_merge_pretrained_takes_every_leaf_but_the_reinitialised_head():
+    from jaxconv.train.param_groups import merge_pretrained
+    fresh, old = _tree(seed=0), _tree(seed=1)
+    old["head"] = {"kernel": jnp.zeros((8, 1000)), "bias": jnp.zeros(1000)}  # another task's head
+    merged, kept = merge_pretrained(fresh, old, reinit=("^head/",))
+    assert sorted(kept) == ["head/bias", "head/kernel"]
+    np.testing.assert_array_equal(merged["head"]["kernel"], fresh["head"]["kernel"])
+    for a, b in (("conv", "kernel"), ("conv", "bias"), ("dw", "kernel"), ("norm", "scale")):
+        np.testing.assert_array_equal(merged[a][b], old[a][b])
+    with pytest.raises(ValueError, match=r"head/kernel \(8, 10\) <- \(8, 1000\)"):
+        merge_pretrained(fresh, old)  # a misfit leaf not named for re-init
