@@ -1,7 +1,8 @@
 """Train a model: ``python -m experiments.train --config CONFIG.py[:ARG] --workdir DIR``.
 
 Writes DIR/metrics.jsonl, DIR/final_metrics.json and orbax checkpoints under DIR/checkpoints;
-re-running the same command resumes from the latest checkpoint. Override any config field with
+re-running the same command resumes from the latest checkpoint. DIR may be a bucket,
+``--workdir gs://BUCKET/runs/NAME`` (needs ``pip install 'jaxconv[gcs]'``). Override any config field with
 ``--config.FIELD=value`` (e.g. ``--config.model=resnet56 --config.batch_size=256``).
 ``config.model`` is a registered name (``python -m experiments.list models``), or a factory
 outside the registry: ``--config.model=path/to/my_model.py:factory`` or ``package.module:factory``
@@ -67,11 +68,15 @@ def main(argv):
     if _VERBOSE.value:
         os.environ["JAXCONV_VERBOSE"] = "1"  # = jaxconv.train.checkpoint.VERBOSE_ENV
     from jaxconv import train  # after flag parsing, so --help is fast
+    from jaxconv.train.workdir import check_storage
 
     distributed_flags.initialize()
     config = _CONFIG.value
     try:
         train.validate_config(config)
+        # A gs:// path this environment cannot open fails now, not after loading data.
+        check_storage(_WORKDIR.value, "--workdir")
+        check_storage(config.get("data_dir"), "config.data_dir")
     except ValueError as err:  # bad config: the library's own message, in one line
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -42,6 +42,28 @@ def is_remote(path) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", os.fspath(path)) is not None
 
 
+# The fsspec package epath needs for each scheme (TensorFlow's gfile can serve gs:// instead).
+_FSSPEC_PACKAGE = {"gs": ("gcsfs", "jaxconv[gcs]"), "s3": ("s3fs", "s3fs"), "az": ("adlfs", "adlfs")}
+
+
+def check_storage(path, name: str = "--workdir") -> None:
+    """Raises ValueError (naming ``name``, the path and what to install) when ``path`` is on a
+    storage this environment cannot open; call it before any long work starts."""
+    if not path or not is_remote(path):
+        return
+    import importlib.util
+    scheme = os.fspath(path).split("://", 1)[0].lower()
+    if scheme not in _FSSPEC_PACKAGE:
+        raise ValueError(f"{name}={path!r}: unsupported storage {scheme}://; valid: a local "
+                         f"path or {', '.join(s + '://' for s in _FSSPEC_PACKAGE)}")
+    package, install = _FSSPEC_PACKAGE[scheme]
+    tf_serves = (scheme == "gs" and importlib.util.find_spec("tensorflow") is not None
+                 and os.environ.get("EPATH_USE_TF", "").lower() not in ("0", "false", "no"))
+    if importlib.util.find_spec(package) is None and not tf_serves:
+        raise ValueError(f"{name}={path!r} needs {package}, which is not installed: "
+                         f"pip install '{install}'")
+
+
 def join(path, *names) -> str:
     """``os.path.join`` that keeps ``gs://`` paths as they are (local ones made absolute)."""
     joined = os.path.join(os.fspath(path), *names)
@@ -159,6 +181,7 @@ def prepare_workdir(config, workdir: str, *, is_main: bool = True) -> None:
     Raises ValueError naming the differing fields when the workdir holds a run of another config.
     """
     workdir = os.fspath(workdir)
+    check_storage(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     new = json.loads(config.to_json_best_effort())
     if config.get("overwrite") and _has_run(workdir):

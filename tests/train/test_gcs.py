@@ -192,3 +192,16 @@ def test_train_in_gcs_killed_and_resumed_equals_a_local_run(gcs_path, tmp_path):
     final = json.loads(epath.Path(gcs_path, "final_metrics.json").read_text())
     assert final["eval_top1"] == json.loads((tmp_path / "final_metrics.json").read_text())[
         "eval_top1"]
+
+
+def test_storage_check_names_what_to_install(monkeypatch):
+    import importlib.util
+    workdir.check_storage("/tmp/local/run")                     # local: nothing to check
+    workdir.check_storage("gs://bucket/run")                    # gcsfs is installed here
+    with pytest.raises(ValueError, match=r"config.data_dir='hdfs://x/y'.*valid: .*gs://"):
+        workdir.check_storage("hdfs://x/y", "config.data_dir")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "gcsfs", "tensorflow") else find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"--workdir='gs://bucket/run' needs gcsfs.*jaxconv\[gcs\]"):
+        workdir.check_storage("gs://bucket/run")
