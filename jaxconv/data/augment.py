@@ -70,7 +70,8 @@ class AugmentConfig:
   crop_padding: pad each spatial side by this many zero pixels, then random-crop back (0 = off).
   flip: random horizontal flip with probability 1/2.
   cutout: side of the square zeroed after normalization (0 = off).
-  randaugment: timm RandAugment policy string "rand-mM-nN-mstdS-incI[-mmaxX][-pP]" or None.
+  randaugment: timm RandAugment policy string "rand-mM-nN-mstdS-incI[-mmaxX][-pP]" or None
+    ("" and "none" also mean off, here and for autoaugment).
   autoaugment: AutoAugment ImageNet policy "original" | "originalr" | "v0" | "v0r", optionally
     with "-mstdS", or None.
   trivialaugment: TrivialAugmentWide (torchvision semantics). The three policies are mutually
@@ -115,6 +116,10 @@ class AugmentConfig:
     if not isinstance(self.trivialaugment, (bool, np.bool_)):
       _fail("trivialaugment", self.trivialaugment, "must be a bool")
     object.__setattr__(self, "trivialaugment", bool(self.trivialaugment))
+    for name in ("randaugment", "autoaugment"):  # "" / "none" (e.g. from a command line): off
+      value = getattr(self, name)
+      if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        object.__setattr__(self, name, None)
     if self.randaugment is not None:
       aa.parse_randaugment(self.randaugment, field="config.augment.randaugment")
     if self.autoaugment is not None:

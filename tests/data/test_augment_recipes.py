@@ -434,6 +434,7 @@ def test_bad_values(kwargs, needle):
 
 def test_enabled_and_host_op_choice():
   assert not data.AugmentConfig().enabled
+  assert data.AugmentConfig(randaugment="", autoaugment="None") == data.AugmentConfig()
   for kw in [dict(mixup_alpha=0.8), dict(cutmix_alpha=1.0), dict(aug_repeats=2),
              dict(random_erasing=0.1), dict(color_jitter=0.4), dict(trivialaugment=True)]:
     assert data.AugmentConfig(**kw).enabled, kw
