@@ -26,12 +26,10 @@ ratio. Both sides read the same bytes from memory (no disk in the timing).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 
