@@ -82,7 +82,8 @@ def validate_config(config, *, check_fits_machine: bool = True) -> None:
         raise ValueError("set config.num_train_steps or config.num_epochs to a positive number "
                          f"(got {config.num_train_steps}, {config.num_epochs})")
     check_recipe(config, info)  # loss, mixing, EMA, accumulation, distillation (builds the teacher)
-    if info.is_sequence and data.AugmentConfig(**config.augment).enabled:
+    augment = data.AugmentConfig(**config.augment)  # policy strings, probabilities, modes
+    if info.is_sequence and augment.enabled:
         raise ValueError(f"config.augment={dict(config.augment)}: the image augmentations do not "
                          f"apply to the sequence dataset {config.dataset}; leave them off")
     if config.image_size is not None and info.is_sequence:

@@ -131,6 +131,8 @@ def check_memory(config, info, input_shape) -> None:
     per_device = config.batch_size // max(jax.device_count(), 1)
     if jax.local_devices()[0].platform == "cpu":  # CPU devices share the machine's RAM
         per_device = config.batch_size // max(jax.process_count(), 1)
+    # Gradient accumulation keeps one microbatch's activations at a time.
+    per_device = max(per_device // max(int(config.get("grad_accum_steps") or 1), 1), 1)
     itemsize = 2 if config.dtype == "bfloat16" else 4
     overrides = dict(config.model_overrides)
     num_classes = overrides.pop("num_classes", info.num_classes)

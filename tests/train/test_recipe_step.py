@@ -364,3 +364,27 @@ def test_teacher_overrides_fields_are_the_teachers(tmp_path):
                        "bce_target_thresh": 0.2, "augment.mixup_alpha": 0.8,
                        "augment.cutmix_alpha": 1.0, "augment.mix_mode": "pair"})
     train.validate_config(c, check_fits_machine=False)  # all valid together
+
+
+def test_teacher_from_a_timm_state_dict(tmp_path):
+    from jaxconv.convert import timm_key_map
+    from jaxconv.train import distill
+    rng = np.random.default_rng(0)
+    state_dict = {key: rng.standard_normal(shape).astype(np.float32)
+                  for key, (_, shape) in timm_key_map("resnet20").items()}
+    state_dict = {k: (np.abs(v) + 0.5 if k.endswith("running_var") else v)
+                  for k, v in state_dict.items()}
+    path = tmp_path / "teacher.npz"
+    np.savez(path, **state_dict)
+    c = tiny_config(**{"distill.teacher": "resnet20", "distill.weights": str(path)})
+    train.validate_config(c, check_fits_machine=False)
+    model, variables = distill.load_teacher(c, num_classes=10)
+    # PyTorch layouts: linear [out, in] -> [in, out], conv OIHW -> HWIO.
+    np.testing.assert_array_equal(variables["params"]["fc"]["bias"], state_dict["fc.bias"])
+    np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], state_dict["fc.weight"].T)
+    np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
+                                  state_dict["conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["var"],
+                                  state_dict["bn1.running_var"])
+    assert model.num_classes == 10
+    assert distill.load_teacher(tiny_config(), 10) == (None, None)
