@@ -12,17 +12,26 @@ Prints a summary table of ``DIR/results.jsonl`` and writes PNG plots to ``DIR/pl
   ``versus`` (a numeric swept field, e.g. ``label.length``) with ``lines`` (e.g. ``model``):
   the metric, throughput, FLOPs and parameters against it, one line per value
   (``versus_FIELD.png``; the long-range sweep).
+
+``DIR`` may be any epath, ``gs://bucket/sweep`` included: the plots are drawn into a local
+temporary directory and copied there.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+
+from etils import epath
 
 from jaxconv.analysis import plots
-from jaxconv.train.metrics import read_metrics
+from jaxconv.train import sweep as sweep_lib
 from jaxconv.train.sweep import RESULTS_FILE, SPEC_FILE, read_results
+from jaxconv.train.workdir import is_remote
 
 PLOTS_DIR = "plots"
 
@@ -35,15 +44,17 @@ def _order(rows: list[dict], spec: dict) -> list[dict]:
 
 def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) -> dict[str, str]:
     """Prints the table and writes the plots; returns {plot name: path}."""
-    results = os.path.join(sweep_dir, RESULTS_FILE)
-    if not os.path.exists(results):
+    sweep_dir = str(sweep_dir)
+    results = sweep_lib.join_path(sweep_dir, RESULTS_FILE)
+    rows = read_results(sweep_dir)
+    if not rows and not epath.Path(results).exists():
         raise FileNotFoundError(f"{results} not found: is {sweep_dir!r} a sweep directory "
                                 "(python -m experiments.sweep --workdir DIR)?")
-    spec_path = os.path.join(sweep_dir, SPEC_FILE)
-    spec = json.load(open(spec_path)) if os.path.exists(spec_path) else {}
+    spec_path = epath.Path(sweep_lib.join_path(sweep_dir, SPEC_FILE))
+    spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
     settings = spec.get("report", {})
     metric = metric or settings.get("metric", "best_eval_top1")
-    rows = _order(read_results(results), spec)
+    rows = _order(rows, spec)
     if not rows:
         raise ValueError(f"{results} has no rows yet")
     fields = spec.get("swept_fields") or sorted({f for r in rows for f in r.get("swept_fields", [])})
@@ -64,7 +75,35 @@ def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) ->
         for r in failed:
             print(f"failed {r['run']}: {r.get('error', '?')}")
 
-    out = os.path.join(sweep_dir, PLOTS_DIR)
+    with _plots_dir(sweep_dir) as (out, copied):
+        written = _draw(rows, sweep_dir, out, settings, fields, metric)
+        written = {name: copied(path) for name, path in written.items()}
+    if not quiet:
+        for name, path in written.items():
+            print(f"plot {name}: {path}")
+    return written
+
+
+@contextlib.contextmanager
+def _plots_dir(sweep_dir: str):
+    """(directory to draw into, fn mapping a drawn file to where it ends up): ``DIR/plots``
+    itself on a local disk; else a temporary directory whose files are copied to DIR/plots."""
+    final = sweep_lib.join_path(sweep_dir, PLOTS_DIR)
+    if not is_remote(sweep_dir):
+        yield os.path.join(sweep_dir, PLOTS_DIR), lambda path: path
+        return
+    tmp = tempfile.mkdtemp(prefix="jaxconv_report_")
+    try:
+        def copied(path: str) -> str:
+            target = epath.Path(final) / os.path.relpath(path, tmp)
+            target.write_bytes(open(path, "rb").read())
+            return str(target)
+        yield tmp, copied
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _draw(rows, sweep_dir, out, settings, fields, metric) -> dict[str, str]:
     written = {}
     compare, group = settings.get("compare"), settings.get("group")
     color_by = compare or group or (fields[0] if fields else None)
@@ -72,9 +111,10 @@ def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) ->
         rows, os.path.join(out, "metric_vs_cost.png"), metric=metric, color_by=color_by)
     curves = {}
     for r in rows:
-        path = os.path.join(sweep_dir, r.get("workdir", ""), "metrics.jsonl")
-        if os.path.exists(path):
-            curves[r["run"]] = read_metrics(path)
+        path = sweep_lib.join_path(sweep_dir, r.get("workdir", ""), "metrics.jsonl")
+        metrics, _ = sweep_lib.read_jsonl_file(path)
+        if metrics:
+            curves[r["run"]] = metrics
     written["learning_curves"] = plots.plot_learning_curves(
         curves, os.path.join(out, "learning_curves.png"))
     if compare:
@@ -90,9 +130,6 @@ def report(sweep_dir: str, *, metric: str | None = None, quiet: bool = False) ->
         written["scaling"] = plots.plot_scaling(rows, os.path.join(out, "scaling.png"),
                                                 group=group, shared=settings.get("shared"),
                                                 metric=metric)
-    if not quiet:
-        for name, path in written.items():
-            print(f"plot {name}: {path}")
     return written
 
 

@@ -16,7 +16,13 @@ that at the end of the sweep).
 Side by side: ``--parallel N`` trains N runs at a time, each in its own process; on a machine
 with several GPUs each process gets an equal share of them (CUDA_VISIBLE_DEVICES). Cloud TPU pod
 slice: run the same command on every worker with ``--distributed``; every run then uses all hosts
-and all chips, one run after another (process 0 writes the results).
+and all chips, one run after another (process 0 writes the results). The hosts agree on each
+run's outcome before the next starts: a run that failed on any host is recorded as failed, naming
+the host, and the sweep goes on; a host that does not answer within ``--host_timeout`` seconds is
+named in the error, and the sweep stops on every host instead of hanging.
+
+``--workdir`` may be ``gs://bucket/path`` (any etils.epath): rows are written one object per run
+and merged into ``results.jsonl``; see jaxconv.train.sweep.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -44,6 +51,9 @@ _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs trained at the same time, 
 _ONLY = flags.DEFINE_multi_string("only", None, "Train only this run (by name; repeatable).")
 _REPORT = flags.DEFINE_bool("report", False, "Print the table and write the plots at the end.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of errors (default: one line).")
+_HOST_TIMEOUT = flags.DEFINE_float("host_timeout", 900.0, "Multi-host: seconds a host waits for "
+                                   "the others to report a run's outcome before it stops the "
+                                   "sweep, naming the host that did not answer.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -95,6 +105,7 @@ def run_parallel(spec, sweep_dir: str, parallel: int) -> None:
 
 def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
     from jaxconv.train import sweep
+    from jaxconv.train.workdir import is_remote
     finished, todo = sweep.pending_runs(runs, sweep_dir)
     progress = sweep.Progress(spec.name, len(runs), len(finished))
     if finished:
@@ -106,7 +117,7 @@ def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
         while queue or active:
             while queue and free:
                 (index, run), (slot, env) = queue.pop(0), free.pop(0)
-                log_path = os.path.join(sweep_dir, sweep.RUNS_DIR, run.name + ".log")
+                log_path = _log_path(sweep_dir, run.name)
                 os.makedirs(os.path.dirname(log_path), exist_ok=True)
                 log_file = open(log_path, "a")  # pylint: disable=consider-using-with
                 cmd = [sys.executable, "-m", "experiments.sweep", f"--config={_spec_arg()}",
@@ -119,6 +130,13 @@ def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
                 run, slot, env, log_file = active.pop(proc)
                 log_file.close()
                 free.append((slot, env))
+                if is_remote(sweep_dir):  # the log was written locally: copy it over
+                    from etils import epath
+                    epath.Path(sweep.join_path(sweep_dir, sweep.RUNS_DIR, run.name + ".log")
+                               ).write_text(epath.Path(log_file.name).read_text())
+                # Workers rewrite results.jsonl concurrently (the last one wins); this rewrite,
+                # after each, leaves it with every recorded row.
+                sweep.rewrite_results_file(sweep_dir)
                 rows = [r for r in sweep.read_results(sweep_dir) if r["run"] == run.name]
                 row = rows[0] if rows else {
                     "run": run.name, "status": "failed", "wall_time_s": 0.0,
@@ -133,6 +151,16 @@ def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
         raise
 
 
+def _log_path(sweep_dir: str, run_name: str) -> str:
+    """Where a worker's output goes: ``DIR/runs/RUN.log``, or a local file for a remote DIR (a
+    child's stdout must be a local file; it is copied to DIR/runs/ when the worker ends)."""
+    from jaxconv.train import sweep
+    from jaxconv.train.workdir import is_remote
+    if not is_remote(sweep_dir):
+        return os.path.join(sweep_dir, sweep.RUNS_DIR, run_name + ".log")
+    return os.path.join(tempfile.gettempdir(), f"jaxconv_sweep_{os.getpid()}", run_name + ".log")
+
+
 _LOCK_ENV = "JAXCONV_SWEEP_LOCK_HOLDER"  # = jaxconv.train.sweep.LOCK_HOLDER_ENV
 
 
@@ -141,6 +169,13 @@ def main(argv):
         _main(argv)
     except Exception as e:  # pylint: disable=broad-except
         from jaxconv.train import sweep
+        if isinstance(e, sweep.HostTimeoutError):
+            # The hosts are out of step: exiting normally would wait at jax.distributed's
+            # shutdown barrier for the host that does not answer. Leave at once; the coordination
+            # service going away then ends the other processes too, so none waits forever.
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)  # pylint: disable=protected-access
         if _VERBOSE.value or not isinstance(e, (ValueError, FileNotFoundError,
                                                  sweep.SweepLockedError)):
             raise
@@ -156,6 +191,8 @@ def _main(argv):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
     if _PARALLEL.value < 1:
         raise app.UsageError(f"--parallel must be >= 1, got {_PARALLEL.value}")
+    if not _HOST_TIMEOUT.value > 0:
+        raise app.UsageError(f"--host_timeout must be > 0 seconds, got {_HOST_TIMEOUT.value}")
     if _PARALLEL.value > 1 and (_ONLY.value or distributed_flags.DISTRIBUTED.value
                                 or distributed_flags.NUM_PROCESSES.value):
         raise app.UsageError("--parallel cannot be combined with --only or multi-process flags")
@@ -187,7 +224,7 @@ def _main(argv):
         distributed_flags.initialize()
         import jax
         sweep.run_sweep(spec, _WORKDIR.value, only=_ONLY.value,
-                        is_main=jax.process_index() == 0)
+                        is_main=jax.process_index() == 0, host_timeout_s=_HOST_TIMEOUT.value)
         if jax.process_index() != 0:
             return
     if _REPORT.value and not _ONLY.value:

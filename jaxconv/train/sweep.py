@@ -13,11 +13,25 @@ used by the report, but changes no config field (e.g. the scaling strategy that 
 widths and depth).
 
 ``run_sweep`` trains each run with the ordinary training loop in ``WORKDIR/runs/NAME`` and
-appends a row to ``WORKDIR/results.jsonl``: the swept values, final and best metrics, parameters,
-FLOPs, activations, train images/s, wall time and status. Re-running skips runs whose row says
-``ok``; an interrupted run resumes from its checkpoints; failed runs are retried. A run that raises
-is recorded as ``failed`` with its error, and the sweep goes on. Every run's config is validated
-before the first one starts, so a typo fails the sweep in seconds, not hours.
+records a row for it: the swept values, final and best metrics, parameters, FLOPs, activations,
+train images/s, wall time and status. Re-running skips runs whose row says ``ok``; an interrupted
+run resumes from its checkpoints; failed runs are retried. A run that raises is recorded as
+``failed`` with its error, and the sweep goes on. Every run's config is validated before the first
+one starts, so a typo fails the sweep in seconds, not hours.
+
+Storage: ``WORKDIR`` is any ``etils.epath`` path, ``gs://bucket/...`` included. Objects in a
+bucket cannot be appended to or locked, so each row is its own object, ``results/RUN.json``
+(written whole: a single PUT on object storage, temp file + rename on a local disk), and
+``results.jsonl`` (one row per run) is rewritten from them after every run. Readers merge both:
+a sweep directory written by an older version (rows appended to ``results.jsonl`` only) reads as
+before, and a run's ``results/RUN.json`` wins over its line. The directory's lock is ``flock`` on
+a local disk and a create-only object on ``gs://`` (see ``SweepLock``).
+
+Multi-host (``jax.distributed``): process 0 decides which runs are left and writes the files;
+after every run all processes exchange their outcome through the coordination service's
+key-value store, so a run that failed on any host is recorded as failed (naming the host) on all
+of them and the sweep goes on with the next run together. Every wait has a timeout
+(``host_timeout_s``); a process that does not answer in time is named in a ``HostTimeoutError``.
 """
 from __future__ import annotations
 
@@ -38,20 +52,26 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from jaxconv.analysis.plots import value_label
-from jaxconv.train.metrics import append_line, read_jsonl, read_metrics
+from jaxconv.train.metrics import read_jsonl
+from jaxconv.train.workdir import is_remote, refresh
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Progress", "Run", "SweepLock", "SweepLockedError", "SweepSpec", "apply_overrides", "axis",
-    "chain", "expand_runs", "load_sweep", "pending_runs", "product", "read_results", "run_name",
-    "run_status", "run_sweep", "train_one", "write_spec", "zipped",
+    "HostAgreement", "HostTimeoutError", "Progress", "Run", "SweepLock", "SweepLockedError",
+    "SweepSpec", "apply_overrides", "axis", "chain", "expand_runs", "join_path", "load_sweep",
+    "pending_runs", "product", "read_jsonl_file", "read_results", "record_result",
+    "rewrite_results_file", "run_name", "run_status", "run_sweep", "train_one", "write_spec",
+    "zipped",
 ]
 
 LABEL_PREFIX = "label."
 RESULTS_FILE = "results.jsonl"
+#: One object per run, ``results/RUN.json``: the object-store-safe record of a run.
+RESULTS_DIR = "results"
 SPEC_FILE = "sweep.json"
 RUNS_DIR = "runs"
 LOCK_FILE = "sweep.lock"
@@ -215,30 +235,102 @@ def load_sweep(spec: str) -> SweepSpec:
 # ------------------------------------------------------------------------------- the results
 
 
-def read_results(path: str, *, warn: bool = True) -> list[dict]:
-    """Rows of a ``results.jsonl`` (a sweep directory or the file), the newest row per run.
+def join_path(*parts) -> str:
+    """``parts`` joined with ``/`` (local paths and ``gs://`` URLs alike; relative stays
+    relative)."""
+    return "/".join([str(parts[0]).rstrip("/"), *map(str, parts[1:])])
 
-    A damaged line (torn by a crash mid-write) is skipped with one warning naming it; its run
-    then counts as not finished and is trained (resumed) again.
+
+def _write_whole(path: str, text: str) -> None:
+    """Writes a file so that a reader never sees it half-written: temp file + rename on a local
+    disk; a single object upload (whole by itself) on object storage. Unlike
+    workdir.write_text_atomic the temp name is per process: parallel workers write results.jsonl
+    and sweep.json at the same time."""
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    else:
+        epath.Path(path).write_text(text)
+
+
+def _listing(path: str) -> list[epath.Path]:
+    """Entries of a directory, fresh (other hosts and workers write here; gcsfs caches)."""
+    refresh(path)
+    p = epath.Path(path)
+    return list(p.iterdir()) if p.is_dir() else []
+
+
+def _fs(path: str):
+    """The fsspec file system epath uses for a remote path (for what epath does not expose)."""
+    return epath.backend.fsspec_backend.fs(str(path))
+
+
+def read_jsonl_file(path: str) -> tuple[list[dict], list[int]]:
+    """``metrics.read_jsonl`` of any epath; a missing file has no rows."""
+    refresh(path)
+    return read_jsonl(path) if epath.Path(path).exists() else ([], [])
+
+
+def read_results(path: str, *, warn: bool = True) -> list[dict]:
+    """Rows of a sweep directory (or of its ``results.jsonl``), the newest row per run.
+
+    Merges the per-run objects ``results/RUN.json`` with ``results.jsonl`` (all an older sweep
+    directory has); a run's object wins over its line. A damaged line (torn by a crash
+    mid-write) or object is skipped with one warning naming it; its run then counts as not
+    finished and is trained (resumed) again. Works on any epath (``gs://`` included).
     """
-    if os.path.isdir(path):
-        path = os.path.join(path, RESULTS_FILE)
-    if not os.path.exists(path):
-        return []
-    rows, damaged = read_jsonl(path)
+    path = str(path)
+    if path.rstrip("/").endswith("/" + RESULTS_FILE) or path == RESULTS_FILE:
+        sweep_dir, results = os.path.dirname(path.rstrip("/")) or ".", path
+    else:
+        sweep_dir, results = path, join_path(path, RESULTS_FILE)
+    rows, damaged = read_jsonl_file(results)
     if damaged and warn:
         log.warning("%s: skipped %d damaged line(s) (line %s; a crash mid-write?); their runs "
-                    "count as not finished", path, len(damaged), ", ".join(map(str, damaged)))
+                    "count as not finished", results, len(damaged), ", ".join(map(str, damaged)))
     latest = {}
     for row in rows:
         latest[row.get("run")] = row
+    objects = []
+    for entry in sorted(_listing(join_path(sweep_dir, RESULTS_DIR)), key=lambda e: e.name):
+        if not entry.name.endswith(".json"):
+            continue  # temp files of a writer mid-rename
+        try:
+            row = json.loads(entry.read_text())
+            if not isinstance(row, dict) or "run" not in row:
+                raise ValueError("not a results row")
+        except (OSError, ValueError) as e:
+            if warn:
+                log.warning("%s: skipped a damaged result (%s); its run counts as not finished",
+                            entry, e)
+            continue
+        objects.append(row)
+    objects.sort(key=lambda r: (r.get("finished_at", ""), r["run"]))
+    for row in objects:
+        latest[row["run"]] = row
     return list(latest.values())
 
 
-def _append_row(path: str, row: dict) -> None:
-    # One locked, newline-terminated write: rows stay whole when several runs of one sweep finish
-    # at once, and a line torn by a crash cannot swallow the next row.
-    append_line(path, json.dumps(row, sort_keys=True, default=_json_default))
+def record_result(sweep_dir: str, row: dict) -> None:
+    """Records a run's row: writes ``results/RUN.json`` whole, then rewrites ``results.jsonl``
+    (one row per run) from everything recorded. Safe on object storage, where nothing can be
+    appended to; concurrent writers (parallel workers) each write their own object, and the last
+    rewrite of ``results.jsonl`` wins (readers merge the objects anyway)."""
+    _write_whole(join_path(sweep_dir, RESULTS_DIR, f"{row['run']}.json"),
+                 json.dumps(row, sort_keys=True, default=_json_default) + "\n")
+    rewrite_results_file(sweep_dir)
+
+
+def rewrite_results_file(sweep_dir: str) -> None:
+    """Rewrites ``results.jsonl`` from the merged rows (drops superseded and torn lines, with
+    the warning that names the torn ones)."""
+    rows = read_results(sweep_dir)
+    _write_whole(join_path(sweep_dir, RESULTS_FILE),
+                 "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
+                         for r in rows))
 
 
 def _json_default(value):
@@ -251,8 +343,7 @@ def _json_default(value):
 
 def _metric_summary(workdir: str) -> dict:
     """Best eval metrics and the median train images/s from a run's metrics.jsonl."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    rows = read_metrics(path) if os.path.exists(path) else []
+    rows, _ = read_jsonl_file(join_path(workdir, "metrics.jsonl"))
     out = {}
     evals = [r for r in rows if "eval_top1" in r]
     if evals:
@@ -283,14 +374,16 @@ def _model_costs(config) -> dict:
             "input_size": "x".join(map(str, shape[1:]))}
 
 
-def train_one(run: Run, sweep_dir: str) -> dict:
+def train_one(run: Run, sweep_dir: str, *, process_index: int = 0) -> dict:
     """Trains (or resumes) one run and returns its results row; failures become a row too.
 
     KeyboardInterrupt is not a failure: the training loop saves and the sweep stops.
+    ``process_index`` > 0 (another host of a multi-host sweep) writes its traceback to
+    ``error.processN.txt``, beside process 0's ``error.txt``.
     """
     from jaxconv.train.loop import train_and_evaluate
-    workdir = os.path.join(sweep_dir, RUNS_DIR, run.name)
-    row = {"run": run.name, "workdir": os.path.join(RUNS_DIR, run.name),
+    workdir = join_path(sweep_dir, RUNS_DIR, run.name)
+    row = {"run": run.name, "workdir": f"{RUNS_DIR}/{run.name}",
            "swept_fields": list(run.values), **run.values,
            "model": run.config.model, "dataset": run.config.dataset}
     start = time.perf_counter()
@@ -304,11 +397,10 @@ def train_one(run: Run, sweep_dir: str) -> dict:
         row.update(_metric_summary(workdir))
         row.update(_model_costs(run.config))
     except Exception as e:  # pylint: disable=broad-except  (recorded; the sweep goes on)
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "error.txt"), "w") as f:
-            f.write(traceback.format_exc())
+        name = f"error.process{process_index}.txt" if process_index else "error.txt"
+        _write_whole(join_path(workdir, name), traceback.format_exc())
         row.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
-        log.error("run %s failed: %s (traceback in %s/error.txt)", run.name, e, workdir)
+        log.error("run %s failed: %s (traceback in %s/%s)", run.name, e, workdir, name)
     from jaxconv.analysis import device_name
     row.update(wall_time_s=round(time.perf_counter() - start, 2), device=device_name(),
                finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -320,10 +412,8 @@ def write_spec(sweep_dir: str, spec: SweepSpec, runs: list[Run]) -> None:
               "base_config": json.loads(spec.base.to_json_best_effort()),
               "runs": [{"run": r.name, **r.values} for r in runs],
               "swept_fields": list(dict.fromkeys(k for r in runs for k in r.values))}
-    tmp = os.path.join(sweep_dir, f"{SPEC_FILE}.{os.getpid()}.tmp")  # workers write it too
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=_json_default)
-    os.replace(tmp, os.path.join(sweep_dir, SPEC_FILE))
+    _write_whole(join_path(sweep_dir, SPEC_FILE),  # workers write it too: never half-written
+                 json.dumps(record, indent=2, sort_keys=True, default=_json_default))
 
 
 def _fmt_minutes(seconds: float) -> str:
@@ -365,18 +455,30 @@ class SweepLockedError(RuntimeError):
 
 
 class SweepLock:
-    """An exclusive lock on a sweep directory (``flock`` on ``DIR/sweep.lock``, which records the
-    holder's host, pid and start time). The kernel drops the lock of a process that dies, so a
-    stale lock is taken over, with a warning naming the old holder."""
+    """An exclusive lock on a sweep directory, ``DIR/sweep.lock``, which records the holder's
+    host, pid and start time.
+
+    Local disk: ``flock``. The kernel drops the lock of a process that dies, so a stale lock is
+    taken over, with a warning naming the old holder.
+
+    Object storage (``gs://``...): no flock, so the lock is an object created only if absent
+    (``ifGenerationMatch=0`` on GCS: of two sweeps starting at once exactly one creates it) and
+    deleted on release. Nothing drops the lock of a holder that crashed: a lock whose holder is a
+    dead process of this host is taken over (with a warning); one held from another host stays
+    until its sweep ends or someone deletes ``DIR/sweep.lock`` (the error says so).
+    """
 
     def __init__(self, sweep_dir: str):
-        self.path = os.path.join(sweep_dir, LOCK_FILE)
+        self.path = join_path(sweep_dir, LOCK_FILE)
         self._fd = None
+        self._token = None  # object storage: what we wrote, to release only our own lock
 
     @staticmethod
     def holder(sweep_dir: str) -> dict | None:
         """Who holds the lock now (host, pid, started), or None."""
-        path = os.path.join(sweep_dir, LOCK_FILE)
+        path = join_path(sweep_dir, LOCK_FILE)
+        if is_remote(path):
+            return _read_remote_holder(path)
         if not os.path.exists(path):
             return None
         fd = os.open(path, os.O_RDONLY)
@@ -388,34 +490,66 @@ class SweepLock:
             os.close(fd)
         return None
 
+    def _me(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+    def _locked_error(self, h: dict, extra: str = "") -> SweepLockedError:
+        return SweepLockedError(
+            f"sweep directory {self.path[:-len(LOCK_FILE) - 1]} is in use by another sweep (host "
+            f"{h.get('host', '?')}, pid {h.get('pid', '?')}, started {h.get('started', '?')});"
+            f" wait for it to finish or use another --workdir{extra}")
+
     def acquire(self) -> None:
+        if is_remote(self.path):
+            return self._acquire_remote()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            h = _read_holder(self.path) or {}
-            raise SweepLockedError(
-                f"sweep directory {os.path.dirname(self.path)} is in use by another sweep (host "
-                f"{h.get('host', '?')}, pid {h.get('pid', '?')}, started {h.get('started', '?')});"
-                " wait for it to finish or use another --workdir") from None
+            raise self._locked_error(_read_holder(self.path) or {}) from None
         stale = _read_holder(self.path)
         if stale:
             log.warning("taking over the lock of %s: its holder (host %s, pid %s, started %s) "
                         "ended without releasing it", self.path, stale.get("host"),
                         stale.get("pid"), stale.get("started"))
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.pwrite(fd, json.dumps(self._me()).encode(), 0)
         self._fd = fd
+
+    def _acquire_remote(self) -> None:
+        fs, key = _fs(self.path), self.path.split("://", 1)[1]
+        held = _read_remote_holder(self.path)
+        if held:
+            if held.get("host") == socket.gethostname() and not _pid_alive(held.get("pid")):
+                log.warning("taking over the lock of %s: its holder (host %s, pid %s, started %s) "
+                            "ended without releasing it", self.path, held.get("host"),
+                            held.get("pid"), held.get("started"))
+                fs.rm_file(key)
+            else:
+                raise self._locked_error(held, extra=(
+                    f"; if that sweep is no longer running (it crashed), delete {self.path}"))
+        me = {**self._me(), "token": f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"}
+        try:
+            # mode="create" sends ifGenerationMatch=0: GCS refuses the write (412) if the object
+            # appeared since the check above, so two sweeps starting at once cannot both hold it.
+            fs.pipe_file(key, json.dumps(me).encode(), mode="create")
+        except FileExistsError:
+            raise self._locked_error(_read_remote_holder(self.path) or {}) from None
+        self._token = me["token"]
 
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)  # a clean exit leaves no holder behind
             os.close(self._fd)
             self._fd = None
+        if self._token is not None:
+            held = _read_remote_holder(self.path)
+            if held and held.get("token") == self._token:  # never delete someone else's lock
+                _fs(self.path).rm_file(self.path.split("://", 1)[1])
+            self._token = None
 
     def __enter__(self):
         self.acquire()
@@ -423,6 +557,29 @@ class SweepLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def _read_remote_holder(path: str) -> dict | None:
+    p = epath.Path(path)
+    refresh(path)
+    try:
+        text = p.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text) if text else {"host": "?", "pid": "?", "started": "?"}
+    except ValueError:
+        return {"host": "?", "pid": "?", "started": "?"}
 
 
 def _read_holder(path: str) -> dict | None:
@@ -453,12 +610,12 @@ def apply_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> None:
 
 def run_status(runs: list[Run], sweep_dir: str) -> dict[str, str]:
     """What is on disk for each run: ``done``, ``failed``, ``partial (step N)`` or ``todo``."""
-    rows = {r.get("run"): r for r in read_results(os.path.join(sweep_dir, RESULTS_FILE))}
+    rows = {r.get("run"): r for r in read_results(sweep_dir)}
     out = {}
     for run in runs:
         row = rows.get(run.name, {})
-        ckpts = os.path.join(sweep_dir, RUNS_DIR, run.name, "checkpoints")
-        steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+        ckpts = _listing(join_path(sweep_dir, RUNS_DIR, run.name, "checkpoints"))
+        steps = [int(d.name) for d in ckpts if d.name.isdigit()]
         if row.get("status") == "ok":
             out[run.name] = "done"
         elif row.get("status"):
@@ -469,50 +626,182 @@ def run_status(runs: list[Run], sweep_dir: str) -> dict[str, str]:
 
 
 def pending_runs(runs: list[Run], sweep_dir: str) -> tuple[list[Run], list[Run]]:
-    """(finished, to do): finished runs have an ``ok`` row in results.jsonl."""
-    ok = {r["run"] for r in read_results(os.path.join(sweep_dir, RESULTS_FILE))
-          if r.get("status") == "ok"}
+    """(finished, to do): finished runs have an ``ok`` row."""
+    ok = {r["run"] for r in read_results(sweep_dir) if r.get("status") == "ok"}
     return [r for r in runs if r.name in ok], [r for r in runs if r.name not in ok]
 
 
+# ------------------------------------------------------------------------------- multi-host
+
+#: How long a host of a multi-host sweep waits for the others at each agreement point (seconds).
+DEFAULT_HOST_TIMEOUT_S = 900.0
+# Each run_sweep call in a jax.distributed job gets its own key-value namespace. Every process
+# makes the same calls in the same order, so their counters agree.
+_SESSIONS = itertools.count()
+
+
+class HostTimeoutError(RuntimeError):
+    """A process of a multi-host sweep did not answer in time (the message names it)."""
+
+
+class HostAgreement:
+    """All processes of a ``jax.distributed`` job exchange a small JSON value at named points,
+    through the coordination service's key-value store, each wait bounded by ``timeout_s``.
+
+    ``client`` is a ``jax.distributed`` client (``key_value_set``, ``blocking_key_value_get``
+    with a timeout in ms); ``from_jax`` returns the current job's, or None for one process.
+    """
+
+    def __init__(self, client, process_index: int, process_count: int, timeout_s: float,
+                 namespace: str | None = None):
+        if not timeout_s > 0:
+            raise ValueError(f"host_timeout_s must be > 0 seconds, got {timeout_s!r}")
+        self.client, self.index, self.count = client, process_index, process_count
+        self.timeout_s = float(timeout_s)
+        self.namespace = namespace or f"jaxconv_sweep/{next(_SESSIONS)}"
+
+    @classmethod
+    def from_jax(cls, timeout_s: float = DEFAULT_HOST_TIMEOUT_S) -> "HostAgreement | None":
+        """The agreement of the running ``jax.distributed`` job; None for a single process."""
+        from jax._src import distributed  # the client is not public API; stable since jax 0.4
+        state = distributed.global_state
+        if state.client is None or (state.num_processes or 1) <= 1:
+            return None
+        return cls(state.client, state.process_id, state.num_processes, timeout_s)
+
+    def exchange(self, tag: str, value: dict) -> list[dict]:
+        """Publishes this process's ``value`` under ``tag`` and returns every process's value
+        (index = process index). Raises HostTimeoutError naming the processes that did not
+        publish theirs within the timeout."""
+        prefix = f"{self.namespace}/{tag}"
+        self.client.key_value_set(f"{prefix}/{self.index}", json.dumps(value,
+                                                                       default=_json_default))
+        deadline = time.monotonic() + self.timeout_s
+        answers, missing = {self.index: value}, []
+        for p in range(self.count):
+            if p == self.index:
+                continue
+            # The processes that already answered are read at once even after the deadline.
+            ms = max(1, int((deadline - time.monotonic()) * 1000))
+            try:
+                answers[p] = json.loads(self.client.blocking_key_value_get(f"{prefix}/{p}", ms))
+            except Exception as e:  # pylint: disable=broad-except  (JaxRuntimeError in jax)
+                if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e).lower():
+                    raise
+                missing.append(p)
+        if missing:
+            who = ", ".join(map(str, missing))
+            raise HostTimeoutError(
+                f"process {who} (of {self.count}) did not answer within {self.timeout_s:g} s at "
+                f"{tag!r} (seen from process {self.index}): it crashed, hangs, or is stuck in a "
+                "collective after another host failed; the sweep stops (re-run it to continue)")
+        return [answers[p] for p in range(self.count)]
+
+
+def _grid_digest(runs: list[Run]) -> str:
+    text = json.dumps([[r.name, json.loads(r.config.to_json_best_effort())] for r in runs],
+                      sort_keys=True, default=_json_default)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _agree_on_start(agreement: HostAgreement, runs, todo, error) -> list[str]:
+    """Every process says whether it could start (and process 0 which runs are left); all raise
+    if any could not, or if the processes do not have the same runs. Returns the run names."""
+    answers = agreement.exchange("start", {
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "grid": None if runs is None else _grid_digest(runs),
+        "todo": None if todo is None else [r.name for r in todo]})
+    if error is not None:
+        raise error
+    problems = [f"process {p}: {a['error']}" for p, a in enumerate(answers) if a["error"]]
+    if problems:
+        raise RuntimeError("the sweep did not start on every host: " + "; ".join(problems))
+    differ = [p for p, a in enumerate(answers) if a["grid"] != answers[0]["grid"]]
+    if differ:
+        raise ValueError(f"process {', '.join(map(str, differ))} has other runs or configs than "
+                         "process 0 (a different sweep file, --config overrides or code on that "
+                         "host?)")
+    return answers[0]["todo"]
+
+
+def _agree_on_outcome(agreement: HostAgreement, row: dict) -> dict:
+    """The run's row as all processes agree: failed (naming the processes) if it failed on any."""
+    answers = agreement.exchange(f"run/{row['run']}", {"status": row["status"],
+                                                       "error": row.get("error")})
+    failed = [(p, a) for p, a in enumerate(answers) if a["status"] != "ok"]
+    if not failed:
+        return row
+    return {**row, "status": "failed", "failed_processes": [p for p, _ in failed],
+            "error": "; ".join(f"process {p}: {a.get('error')}" for p, a in failed)[:2000]}
+
+
 def run_sweep(spec: SweepSpec, sweep_dir: str, *, only: Sequence[str] | None = None,
-              is_main: bool = True) -> list[dict]:
+              is_main: bool = True, host_timeout_s: float = DEFAULT_HOST_TIMEOUT_S,
+              agreement: HostAgreement | None = None) -> list[dict]:
     """Runs every unfinished run of ``spec`` in order, in this process; returns the new rows.
 
     ``only`` restricts to the named runs (the parallel launcher gives each worker one).
     ``is_main``: process 0 of a multi-process job writes the files; every process trains.
+    In a ``jax.distributed`` job of several processes (or with an explicit ``agreement``) the
+    processes agree on the runs left and on each run's outcome, waiting at most
+    ``host_timeout_s`` for each other (HostTimeoutError names the process that did not answer).
     """
-    runs = all_runs = expand_runs(spec.base, spec.grid)
-    if only:
-        unknown = sorted(set(only) - {r.name for r in runs})
-        if unknown:
-            raise ValueError(f"unknown run(s) {unknown}; runs of this sweep: "
-                             f"{[r.name for r in runs]}")
-        runs = [r for r in runs if r.name in set(only)]
-    os.makedirs(sweep_dir, exist_ok=True)
+    if agreement is None:
+        agreement = HostAgreement.from_jax(host_timeout_s)
+    sweep_dir = str(sweep_dir)
     lock = SweepLock(sweep_dir)
-    if is_main and not _locked_by_parent(sweep_dir):
-        lock.acquire()  # a second sweep on this directory stops here, naming the holder
     try:
-        if is_main:
-            write_spec(sweep_dir, spec, all_runs)
-        return _run_locked(spec, runs, sweep_dir, only=only, is_main=is_main)
+        runs = todo = finished = error = None
+        try:
+            runs = all_runs = expand_runs(spec.base, spec.grid)
+            if only:
+                unknown = sorted(set(only) - {r.name for r in runs})
+                if unknown:
+                    raise ValueError(f"unknown run(s) {unknown}; runs of this sweep: "
+                                     f"{[r.name for r in runs]}")
+                runs = [r for r in runs if r.name in set(only)]
+            if is_main:
+                if not is_remote(sweep_dir):
+                    os.makedirs(sweep_dir, exist_ok=True)
+                if not _locked_by_parent(sweep_dir):
+                    lock.acquire()  # a second sweep on this directory stops here, naming the holder
+                write_spec(sweep_dir, spec, all_runs)
+                finished, todo = pending_runs(runs, sweep_dir)
+            elif agreement is None:
+                finished, todo = pending_runs(runs, sweep_dir)
+        except Exception as e:  # pylint: disable=broad-except  (told to the other hosts first)
+            if agreement is None:
+                raise
+            error = e
+        if agreement is not None:
+            # Process 0 decides what is left: the other hosts may not see the same files.
+            names = set(_agree_on_start(agreement, runs, todo, error))
+            finished = [r for r in runs if r.name not in names]
+            todo = [r for r in runs if r.name in names]
+        return _run_locked(spec, runs, finished, todo, sweep_dir, only=only, is_main=is_main,
+                           agreement=agreement)
     finally:
         lock.release()
 
 
-def _run_locked(spec, runs, sweep_dir, *, only, is_main) -> list[dict]:
-    finished, todo = pending_runs(runs, sweep_dir)
+def _run_locked(spec, runs, finished, todo, sweep_dir, *, only, is_main,
+                agreement) -> list[dict]:
     progress = Progress(spec.name, len(runs), len(finished), enabled=is_main and not only)
     if finished:
         progress.message(f"{len(finished)} of {len(runs)} runs already finished; skipping them")
     rows = []
     for index, run in enumerate(todo, start=len(finished) + 1):
         progress.started(run, index)
-        row = train_one(run, sweep_dir)
+        row = train_one(run, sweep_dir, process_index=agreement.index if agreement else 0)
+        if agreement is not None:
+            try:
+                row = _agree_on_outcome(agreement, row)
+            except HostTimeoutError as e:
+                if is_main:  # the run is over for this sweep: say so on disk, then stop
+                    record_result(sweep_dir, {**row, "status": "failed", "error": str(e)})
+                raise
         if is_main:
-            _append_row(os.path.join(sweep_dir, RESULTS_FILE), row)
+            record_result(sweep_dir, row)
         progress.finished(row)
         rows.append(row)
     return rows
-
