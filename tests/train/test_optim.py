@@ -206,3 +206,35 @@ def test_merge_pretrained_takes_every_leaf_but_the_reinitialised_head():
         np.testing.assert_array_equal(merged[a][b], old[a][b])
     with pytest.raises(ValueError, match=r"head/kernel \(8, 10\) <- \(8, 1000\)"):
         merge_pretrained(fresh, old)  # a misfit leaf not named for re-init
+
+
+@pytest.mark.slow
+def test_resume_with_frozen_parameters_lamb_agc_and_layer_decay_is_bitwise(tmp_path):
+    """The multi_transform state (no moments for frozen leaves) checkpoints and restores: 2 steps
+    then 2 more equal 4 uninterrupted steps, and the frozen stem never moves."""
+    from jaxconv.train.checkpoint import load_checkpoint
+    from jaxconv.train.loop import train_and_evaluate
+
+    def config(steps):
+        c = default_config()
+        c.model, c.dataset = "convnext_tiny", "digits32"
+        c.model_overrides.depths, c.model_overrides.dims = (1, 1, 1, 1), (8, 8, 8, 8)
+        c.optimizer, c.learning_rate, c.weight_decay, c.schedule = "lamb", 1e-3, 0.05, "constant"
+        c.layer_decay, c.grad_clip_agc = 0.8, 0.05
+        c.param_rules = (("^stem", 0.0), ("^head/fc", 2.0))
+        c.batch_size, c.num_train_steps = 32, steps
+        c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps = 2, 1, 0
+        return c
+
+    train_and_evaluate(config(4), str(tmp_path / "a"))
+    train_and_evaluate(config(2), str(tmp_path / "b"))
+    train_and_evaluate(config(4), str(tmp_path / "b"))  # resumes at step 2
+    (sa, a), (sb, b) = load_checkpoint(str(tmp_path / "a")), load_checkpoint(str(tmp_path / "b"))
+    assert sa == sb == 4
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+    jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+    step2 = load_checkpoint(str(tmp_path / "b"), step=2)[1]
+    np.testing.assert_array_equal(a["params"]["stem_0"]["kernel"],
+                                  step2["params"]["stem_0"]["kernel"])
+    assert not np.array_equal(a["params"]["head"]["fc"]["kernel"],
+                              step2["params"]["head"]["fc"]["kernel"])
