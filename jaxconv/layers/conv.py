@@ -131,12 +131,16 @@ def loop_safe_conv(
     return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision)
 
 
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
 def conv2d(
     features: int,
-    kernel_size: int,
-    strides: int = 1,
+    kernel_size: int | tuple[int, int],
+    strides: int | tuple[int, int] = 1,
     *,
-    padding: int | None = None,
+    padding: Any = None,
     use_bias: bool = False,
     dtype: Any = jnp.float32,
     kernel_init=kaiming_normal_fan_out,
@@ -144,19 +148,31 @@ def conv2d(
     feature_group_count: int = 1,
     name: str | None = None,
 ) -> nn.Conv:
-    """Square NHWC convolution, float32 parameters, symmetric padding ``kernel_size // 2``.
+    """NHWC convolution, float32 parameters, symmetric padding ``kernel_size // 2`` by default.
 
-    Computes with :func:`cpu_conv` (on CPU its faster formulations, elsewhere
-    ``lax.conv_general_dilated``); ``loop_safe=True`` with :func:`loop_safe_conv` instead (for
-    convs inside ``nn.scan``; it serves dense convs only). ``feature_group_count`` > 1: a
-    grouped conv (kernel [k, k, Cin/G, features]), on CPU through :func:`cpu_conv`'s fast path.
+    ``kernel_size`` / ``strides``: an int (square) or (h, w); ``padding``: None (the default
+    above), an int or (ph, pw) padded on both sides of each axis, explicit ((lo, hi), (lo, hi))
+    pairs, or ``'VALID'`` / ``'SAME'``. Computes with :func:`cpu_conv` (on CPU its faster
+    formulations, elsewhere ``lax.conv_general_dilated``); ``loop_safe=True`` with
+    :func:`loop_safe_conv` instead (for convs inside ``nn.scan``; it serves dense convs only).
+    ``feature_group_count`` > 1: a grouped conv (kernel [kh, kw, Cin/G, features]), on CPU
+    through :func:`cpu_conv`'s fast path. The module is a plain ``nn.Conv``, so parameter
+    trees are the same as a direct ``nn.Conv`` with these arguments.
     """
-    pad = kernel_size // 2 if padding is None else padding
+    kernel = _pair(kernel_size)
+    if padding is None:
+        padding = (kernel[0] // 2, kernel[1] // 2)
+    if not isinstance(padding, str):
+        if isinstance(padding, int) or (len(padding) == 2
+                                        and all(isinstance(p, int) for p in padding)):
+            padding = tuple((p, p) for p in _pair(padding))
+        else:
+            padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     return nn.Conv(
         features,
-        (kernel_size, kernel_size),
-        strides=(strides, strides),
-        padding=((pad, pad), (pad, pad)),
+        kernel,
+        strides=_pair(strides),
+        padding=padding,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,

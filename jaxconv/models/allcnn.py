@@ -22,7 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import canonical_dtype
+from jaxconv.layers import canonical_dtype, conv2d
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.models.nin import _he_normal
 from jaxconv.registry import register_model
@@ -72,9 +72,8 @@ class AllCNN(nn.Module):
         if self.input_dropout_rate > 0:
             x = nn.Dropout(self.input_dropout_rate)(x, deterministic=not train)
         for i, (k, features, stride, pad) in enumerate(_LAYERS, start=1):
-            x = nn.Conv(features or self.num_classes, (k, k), strides=(stride, stride),
-                        padding=pad, dtype=self.dtype, param_dtype=jnp.float32,
-                        kernel_init=_he_normal, name=f"conv{i}")(x)
+            x = conv2d(features or self.num_classes, k, stride, padding=pad, use_bias=True,
+                       dtype=self.dtype, kernel_init=_he_normal, name=f"conv{i}")(x)
             if features is not None or self.class_map_relu:
                 x = nn.relu(x)
             if i in _STAGE_ENDS:

@@ -38,7 +38,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import DepthwiseConv2D, DropPath, canonical_dtype, drop_path_rates
+from jaxconv.layers import DepthwiseConv2D, DropPath, canonical_dtype, conv2d, drop_path_rates
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 from kernels_pallas import IMPLEMENTATIONS
@@ -157,9 +157,8 @@ class ConvNeXtStage(nn.Module):
     def __call__(self, x):
         if self.downsample:
             x = layer_norm(dtype=self.dtype, name="downsample_0")(x)
-            x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=trunc_normal_init,
-                        name="downsample_1")(x)
+            x = conv2d(self.dim, 2, 2, padding="VALID", use_bias=True, dtype=self.dtype,
+                       kernel_init=trunc_normal_init, name="downsample_1")(x)
         kwargs = dict(self.block_kwargs or ())
         for j in range(self.depth):
             rate = self.drop_path_rates[j] if self.drop_path_rates else 0.0
@@ -251,8 +250,8 @@ class ConvNeXt(nn.Module):
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         p = self.patch_size
-        x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=trunc_normal_init, name="stem_0")(x)
+        x = conv2d(self.dims[0], p, p, padding="VALID", use_bias=True, dtype=self.dtype,
+                   kernel_init=trunc_normal_init, name="stem_0")(x)
         x = layer_norm(dtype=self.dtype, name="stem_1")(x)
         rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
         first = 0

@@ -47,6 +47,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxconv.layers.conv import conv2d
 from jaxconv.layers.dcls import DclsDepthwiseConv2D, dcls_position_init
 from jaxconv.models.convnext import (
     ConvNeXt,
@@ -75,9 +76,8 @@ class DclsConvNeXtStage(ConvNeXtStage):
     def __call__(self, x):
         if self.downsample:
             x = layer_norm(dtype=self.dtype, name="downsample_0")(x)
-            x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=trunc_normal_init,
-                        name="downsample_1")(x)
+            x = conv2d(self.dim, 2, 2, padding="VALID", use_bias=True, dtype=self.dtype,
+                       kernel_init=trunc_normal_init, name="downsample_1")(x)
         kwargs = dict(self.block_kwargs or ())
         size = kwargs["kernel_size"]
         positions = self.param("positions", dcls_position_init((size, size)),

@@ -52,7 +52,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import BN_MOMENTUM, canonical_dtype
+from jaxconv.layers import BN_MOMENTUM, canonical_dtype, conv2d
 from jaxconv.models.checks import positive_ints
 from jaxconv.registry import register_model
 
@@ -85,11 +85,10 @@ class BasicConv2d(nn.Module):
     @nn.compact
     def __call__(self, x):
         ph, pw = _pair(self.padding)
-        x = nn.Conv(
-            self.features, _pair(self.kernel_size), strides=_pair(self.strides),
+        x = conv2d(
+            self.features, _pair(self.kernel_size), _pair(self.strides),
             padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype,
-            param_dtype=jnp.float32, kernel_init=nn.initializers.truncated_normal(self.init_std),
-            name="conv",
+            kernel_init=nn.initializers.truncated_normal(self.init_std), name="conv",
         )(x)
         x = nn.BatchNorm(
             use_running_average=not self.train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,

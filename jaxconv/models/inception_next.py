@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import DropPath, batch_norm, canonical_dtype, drop_path_rates
+from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.models.convnext import (
     _resolve_dw_conv,
@@ -61,8 +61,8 @@ def _dense(features: int, dtype, name: str) -> nn.Dense:
 
 def _conv(features: int, size: int, dtype, name: str) -> nn.Conv:
     """A size x size / size patch conv with bias (stem, downsampling, 1x1 MLP convs)."""
-    return nn.Conv(features, (size, size), strides=(size, size), padding="VALID", dtype=dtype,
-                   param_dtype=jnp.float32, kernel_init=trunc_normal_init, name=name)
+    return conv2d(features, size, size, padding="VALID", use_bias=True, dtype=dtype,
+                  kernel_init=trunc_normal_init, name=name)
 
 
 def branch_channels(channels: int, branch_ratio: float) -> int:

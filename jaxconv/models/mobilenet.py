@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import (DepthwiseConv2D, batch_norm, canonical_dtype, conv2d, dense,
-                            kaiming_normal_fan_out, matmul_conv)
+                            kaiming_normal_fan_out)
 from jaxconv.registry import register_model
 
 __all__ = ["DepthwiseSeparable", "MobileNetV1", "resolution", "round_channels"]
@@ -79,11 +79,11 @@ class DepthwiseSeparable(nn.Module):
         x = DepthwiseConv2D(3, strides=self.strides, use_bias=False, dtype=self.dtype,
                             kernel_init=_depthwise_init, name="conv_dw")(x)
         x = nn.relu6(batch_norm(train, dtype=self.dtype, name="bn1")(x))
-        # The pointwise conv is a matmul over pixels: computed as one (XLA:CPU runs 1x1 convs
-        # on the small late-stage maps far slower; see jaxconv.layers.matmul_conv).
-        x = nn.Conv(self.features, (1, 1), padding="VALID", use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_out,
-                    conv_general_dilated=matmul_conv, name="conv_pw")(x)
+        # The pointwise conv is a matmul over pixels: conv2d's cpu_conv computes it as one on
+        # CPU (XLA:CPU runs 1x1 convs on the small late-stage maps far slower; see
+        # jaxconv.layers.matmul_conv).
+        x = conv2d(self.features, 1, padding="VALID", dtype=self.dtype,
+                   kernel_init=kaiming_normal_fan_out, name="conv_pw")(x)
         return nn.relu6(batch_norm(train, dtype=self.dtype, name="bn2")(x))
 
 

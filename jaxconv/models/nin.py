@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import canonical_dtype
+from jaxconv.layers import canonical_dtype, conv2d
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 
@@ -74,8 +74,8 @@ class NiN(nn.Module):
         ceil_pad = ((0, 1), (0, 1))
         for i, block in enumerate(_BLOCKS):
             for name, k, features in block:
-                x = nn.Conv(features or self.num_classes, (k, k), padding=k // 2, dtype=self.dtype,
-                            param_dtype=jnp.float32, kernel_init=_he_normal, name=name)(x)
+                x = conv2d(features or self.num_classes, k, padding=k // 2, use_bias=True,
+                           dtype=self.dtype, kernel_init=_he_normal, name=name)(x)
                 if features is not None or self.class_map_relu:
                     x = nn.relu(x)
             self.sow("intermediates", f"stage{i}", x)

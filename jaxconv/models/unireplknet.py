@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxconv.layers import DropPath, batch_norm, canonical_dtype, drop_path_rates
+from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
 from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.reparam import dilate_kernel, fold_batch_norm, pad_kernel
 from jaxconv.registry import register_model
@@ -308,9 +308,8 @@ class UniRepLKNet(nn.Module):
         super().__post_init__()
 
     def _conv(self, features, name):
-        return nn.Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                       dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_trunc_normal,
-                       name=name)
+        return conv2d(features, 3, 2, padding=1, use_bias=True, dtype=self.dtype,
+                      kernel_init=_trunc_normal, name=name)
 
     def _ln(self, name):
         return nn.LayerNorm(epsilon=_LN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,

@@ -39,7 +39,9 @@ sown as ``intermediates/stage{i}``. timm's ``features_only`` taps differ: they a
 each max pool (strides 1..16) plus the final pooled map.
 
 Speed note: the pre-logits convs and the 3x3 convs on maps of at most 4x4 are computed as
-matmuls (:func:`jaxconv.layers.matmul_conv`, same results): XLA:CPU runs them 10-70x slower as convolutions.
+matmuls on CPU (:func:`jaxconv.layers.conv2d`'s ``cpu_conv`` picks
+:func:`jaxconv.layers.matmul_conv`, same results): XLA:CPU runs them 10-70x slower as
+convolutions.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.layers import batch_norm, canonical_dtype, kaiming_normal_fan_out, matmul_conv
+from jaxconv.layers import batch_norm, canonical_dtype, conv2d, kaiming_normal_fan_out
 from jaxconv.registry import register_model
 
 __all__ = ["VGG", "ConvMlp", "adaptive_avg_pool"]
@@ -92,17 +94,16 @@ def adaptive_avg_pool(x, output_size: tuple[int, int]):
 
 
 def _conv3x3(features: int, use_bias: bool, dtype, name: str) -> nn.Conv:
-    """:func:`jaxconv.layers.conv2d`'s 3x3 conv (padding 1, He fan-out init), run through
-    :func:`matmul_conv` (small maps)."""
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=use_bias, dtype=dtype,
-                   param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_out,
-                   conv_general_dilated=matmul_conv, name=name)
+    """:func:`jaxconv.layers.conv2d`'s 3x3 conv (padding 1, He fan-out init); on CPU a matmul
+    on maps of at most 16 output pixels (:func:`jaxconv.layers.matmul_conv`)."""
+    return conv2d(features, 3, padding=1, use_bias=use_bias, dtype=dtype,
+                  kernel_init=kaiming_normal_fan_out, name=name)
 
 
 class ConvMlp(nn.Module):
     """The paper's two FC-4096 layers as convolutions (timm ``ConvMlp``): 7x7 conv (no padding),
     ReLU, dropout, 1x1 conv, ReLU. Inputs smaller than 7x7 are adaptive-average-pooled to 7x7.
-    The convs are computed by :func:`matmul_conv`."""
+    On CPU the convs are computed by :func:`jaxconv.layers.matmul_conv`."""
 
     features: int = 4096
     kernel_size: int = 7
@@ -110,10 +111,8 @@ class ConvMlp(nn.Module):
     dtype: Any = jnp.float32
 
     def _conv(self, kernel_size: int, name: str) -> nn.Conv:
-        return nn.Conv(self.features, (kernel_size, kernel_size), padding="VALID",
-                       dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=kaiming_normal_fan_out, conv_general_dilated=matmul_conv,
-                       name=name)
+        return conv2d(self.features, kernel_size, padding="VALID", use_bias=True,
+                      dtype=self.dtype, kernel_init=kaiming_normal_fan_out, name=name)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
