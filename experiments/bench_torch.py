@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -219,13 +220,88 @@ def worker(name: str, repeats: int) -> None:
               flush=True)
 
 
+def torch_op_class(name: str) -> str:
+    """``experiments.profile_cpu``'s class of a PyTorch (aten) op, by its name."""
+    n = name.lower()
+    if "convolution_backward" in n or "conv_depthwise2d_backward" in n:
+        return "conv dx+dw"
+    if "conv" in n:
+        return "conv fwd"
+    if "batch_norm" in n or "layer_norm" in n:
+        return "norm bwd" if "backward" in n else "norm fwd"
+    if n.startswith("optimizer") or "_foreach" in n or "sgd" in n:
+        return "optimizer+glue"
+    if re.search(r"(^|::)(addmm|mm|bmm|matmul|linear)(_|$)", n):
+        return "matmul bwd" if "backward" in n else "matmul fwd"
+    if "pool" in n or "max_pool" in n:
+        return "pooling"
+    if re.search(r"nll_loss|log_softmax|cross_entropy", n):
+        return "loss"
+    if re.search(r"(^|::)(copy_|contiguous|clone|permute|transpose|t|pad|constant_pad_nd|cat|"
+                 r"slice|as_strided|view|reshape|empty|empty_like|zeros|zero_|fill_|to|_to_copy|"
+                 r"expand|select|narrow|unsqueeze|squeeze|flatten|detach|resize_)(_|$)", n):
+        return "layout"
+    if re.search(r"sum|mean|reduce|amax", n):
+        return "reduce"
+    return "elementwise bwd" if "backward" in n else "elementwise fwd"
+
+
+def profile_worker(name: str, batch: int, size: int, repeats: int) -> None:
+    """One JSON line: the channels_last train step's ops (self CPU µs per step) by class."""
+    import statistics
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    classes = MODELS[name][2]
+    torch.manual_seed(0)
+    fmt = torch.channels_last
+    model = _torch_model(name, classes).to(memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    labels = torch.randint(0, classes, (batch,))
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+
+    train_step()
+    times = []
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        train_step()
+        times.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            train_step()
+    rows: dict = {}
+    for event in prof.key_averages():
+        if event.self_cpu_time_total <= 0 or not event.key.startswith("aten::"):
+            continue
+        row = rows.setdefault(torch_op_class(event.key), {"us": 0.0, "flops": 0.0, "count": 0})
+        row["us"] += event.self_cpu_time_total / repeats
+        row["count"] += event.count
+    print(json.dumps({"torch": torch.__version__, "memory_format": "channels_last",
+                      "threads": torch.get_num_threads(),
+                      "wall_ms": statistics.median(times) * 1e3, "classes": rows}), flush=True)
+
+
 if __name__ == "__main__":
     if "--worker" in sys.argv:
         p = argparse.ArgumentParser()
         p.add_argument("--worker", action="store_true")
+        p.add_argument("--profile", action="store_true")
         p.add_argument("--model", required=True)
+        p.add_argument("--batch", type=int, default=None)
+        p.add_argument("--image_size", type=int, default=None)
         p.add_argument("--repeats", type=int, default=3)
         a = p.parse_args()
-        worker(a.model, a.repeats)
+        if a.profile:
+            profile_worker(a.model, a.batch or MODELS[a.model][0],
+                           a.image_size or MODELS[a.model][1], a.repeats)
+        else:
+            worker(a.model, a.repeats)
     else:
         main()
