@@ -21,8 +21,8 @@ Preprocessing (--preprocess):
   * dataset (default for workdirs): exactly the training loop's evaluation, the dataset's own
     normalization and size (and the run's `config.image_size` resize on device), so a run's
     top-1 here equals the `eval_top1` its training logged.
-Prints one JSON row (top1, top5, count, settings, images/s, device); --output also writes it
-(local or gs://). Bad flags fail before any weights or data are read, naming the flag.
+Prints one JSON row (top1, top5 -- topK for K < 5 classes --, count, settings, images/s,
+device); --output also writes it (local or gs://). Bad flags fail before any weights or data are read, naming the flag.
 """
 from __future__ import annotations
 
@@ -263,6 +263,9 @@ def evaluate(p: _Plan, *, num_threads: int | None = None, log=print) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("absl").setLevel(logging.WARNING)   # orbax's per-read INFO lines
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
     p = plan(model=_MODEL.value, weights=_WEIGHTS.value, dataset=_DATASET.value,
              data_dir=_DATA_DIR.value, split=_SPLIT.value, preprocess=_PREPROCESS.value,

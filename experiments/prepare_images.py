@@ -36,6 +36,8 @@ def main(argv):
     raise app.UsageError(f"expected exactly one SRC_DIR argument, got {argv[1:]}")
   if not _NAME.value:
     raise app.UsageError("--name is required")
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("absl").setLevel(logging.WARNING)
   from jaxconv.data.folder import prepare_image_folder  # pylint: disable=g-import-not-at-top
   try:
     path = prepare_image_folder(argv[1], _NAME.value, _DATA_DIR.value,
