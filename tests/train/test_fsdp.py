@@ -57,8 +57,8 @@ SCRIPT = COMMON + textwrap.dedent("""
     def train(spec, sharding):
         mesh = mesh_lib.make_mesh(spec)
         state, shardings = sh.create_sharded_train_state(model, tx, (1, 8, 8, 3), 0, mesh,
-                                                         sharding, min_size=min_size)
-        step = jax.jit(make_train_step(model, tx, schedule, num_classes=10),
+                                                         sharding, min_size=min_size, ema=True)
+        step = jax.jit(make_train_step(model, tx, schedule, num_classes=10, ema_decay=0.9),
                        in_shardings=(shardings, mesh_lib.batch_sharded(mesh)),
                        out_shardings=(shardings, mesh_lib.replicated(mesh)))
         losses = []
@@ -92,7 +92,7 @@ SCRIPT = COMMON + textwrap.dedent("""
     # Restore onto data 4 x fsdp 2: a target with the new layout.
     mesh2 = mesh_lib.make_mesh((("data", 4), ("fsdp", 2)))
     target, shardings2 = sh.create_sharded_train_state(model, tx, (1, 8, 8, 3), 1, mesh2,
-                                                       "fsdp", min_size=min_size)
+                                                       "fsdp", min_size=min_size, ema=True)
     restored = Checkpointer(workdir).restore_latest(target)
     equal = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                 zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True))
@@ -102,7 +102,9 @@ SCRIPT = COMMON + textwrap.dedent("""
                        for p, x in jax.tree_util.tree_leaves_with_path(restored)}
     collectives = {op: len(re.findall(r"\\b" + op + r"\\(", hlo))
                    for op in ("all-gather", "reduce-scatter", "all-reduce", "dynamic-slice")}
-    print("RESULT" + json.dumps({
+    ema_changed = not np.array_equal(np.asarray(state.ema["params"]["layer0_conv"]["kernel"]),
+                                     np.asarray(state.params["layer0_conv"]["kernel"]))
+    print("RESULT" + json.dumps({"ema_changed": ema_changed,
         "dp_losses": dp_losses, "fsdp_losses": fsdp_losses, "leaves": leaves,
         "restored_equal": equal, "restored_layout": same_layout,
         "restored_shards": restored_shards, "collectives": collectives}))
@@ -133,13 +135,15 @@ def test_fsdp_trains_like_data_parallel(run):
     from tests.train.test_train import assert_same_training  # the 8-vs-1 tolerance
     _, r = run
     assert len(r["fsdp_losses"]) == 6
+    assert r["ema_changed"]  # the EMA is trained too (and stays sharded: see below)
     assert_same_training(r["fsdp_losses"], r["dp_losses"])
     assert r["fsdp_losses"][4] < r["fsdp_losses"][0]  # it does train (same batch)
 
 
 def test_large_arrays_are_split_over_fsdp(run):
-    """Each array with >= MIN_SIZE elements (params and both adamw moments) holds 1/4 of itself
-    per device, along its largest divisible axis; everything else is whole on every device."""
+    """Each array with >= MIN_SIZE elements (params, both adamw moments, the EMA weights) holds
+    1/4 of itself per device, along its largest divisible axis; everything else is whole on
+    every device."""
     _, r = run
     split = 0
     for leaf in r["leaves"]:
@@ -157,8 +161,9 @@ def test_large_arrays_are_split_over_fsdp(run):
             assert leaf["distinct_pieces"] == 4  # 4 different quarters over the 8 devices
             split += 1
     names = [l["name"] for l in r["leaves"]]
-    # both conv kernels, their mu and their nu
-    assert split == 6, names
+    # both conv kernels, their mu, their nu and their EMA
+    assert split == 8, names
+    assert "ema/params/layer1_conv/kernel" in names
     assert sum("opt_state" in l["name"] and len(l["shard_shapes"][0]) == 4
                and l["shard_shapes"][0][3] == 8 for l in r["leaves"]) == 4
 
@@ -178,6 +183,7 @@ def test_checkpoint_restores_on_another_mesh(run):
     assert r["restored_equal"] and r["restored_layout"]
     assert r["restored_shards"]["params/layer0_conv/kernel"] == [3, 3, 32, 16]  # fsdp 2
     assert r["restored_shards"]["opt_state/0/nu/layer1_conv/kernel"] == [3, 3, 32, 16]
+    assert r["restored_shards"]["ema/params/layer1_conv/kernel"] == [3, 3, 32, 16]
 
 
 def test_checkpoint_restores_on_one_device(run):
@@ -191,7 +197,7 @@ def test_checkpoint_restores_on_one_device(run):
     scope = {}
     exec(COMMON, scope)
     model, tx, _ = scope["setup"]()
-    target = create_train_state(model, tx, (1, 8, 8, 3), seed=1)
+    target = create_train_state(model, tx, (1, 8, 8, 3), seed=1, ema=True)
     restored = Checkpointer(str(workdir)).restore_latest(target)
     saved = np.load(workdir / "state.npz")
     leaves = jax.tree_util.tree_leaves_with_path(restored)
