@@ -17,12 +17,13 @@ data_dir=DATA_DIR)` and `tfds.builder_from_directory(DATA_DIR/NAME/<version>)` r
 * Every file is decoded (fully, truncation included) before anything is written; all undecodable
   files are reported by path in one `BadImagesError` and nothing is written. Files whose
   extension is not .jpg/.jpeg/.png are not read; they are counted and named in the summary.
+  Hidden files and folders (names starting with ".", e.g. .DS_Store) are skipped.
 * Channels: 1 if every image is grayscale (PIL mode "L"), else 3. JPEG/PNG files already in a
   fitting mode (RGB or L; tfds repeats a gray image to 3 channels on decoding) are stored
   byte for byte; others (palette, RGBA, CMYK, 1-bit, ...) are converted with PIL (alpha is
   dropped) and stored as PNG, losslessly. 16-bit and float images are reported as bad (convert
   them to 8 bits first). EXIF orientation is not applied (as torchvision's ImageFolder).
-* Optional stratified validation split: round(N * val_fraction) images, per-class quotas by
+* Optional stratified validation split: round(N * val_fraction) images (Python's round), per-class quotas by
   largest remainder, chosen with `seed` (the digits split's rule, `sources._stratified_test_indices`).
   Both splits keep the sorted (class, path) order.
 * jaxconv's own facts go to metadata.json under "jaxconv": per-channel mean/std over the train

@@ -28,7 +28,7 @@ def _write(path, array, fmt, mode=None):
 
 
 def _mixed_folder(root, rng):
-    """3 classes, 5 images each: RGB/gray/palette/RGBA, PNG and JPEG, varying sizes."""
+    """3 classes, 5 images each (+1 CMYK JPEG): RGB/gray/palette/RGBA, PNG and JPEG, sizes vary."""
     src = os.path.join(root, "src")
     for c, cls in enumerate(["b_cat", "a_dog", "c_owl"]):   # sorted: a_dog=0, b_cat=1, c_owl=2
         for i in range(5):
@@ -47,6 +47,9 @@ def _mixed_folder(root, rng):
             else:
                 rgba = np.concatenate([rgb, rng.integers(0, 256, (h, w, 1), np.uint8)], -1)
                 _write(os.path.join(src, cls, sub, f"{i}.png"), rgba, "PNG")
+    # A CMYK JPEG (stored converted to RGB, as PNG).
+    _write(os.path.join(src, "c_owl", "cmyk.jpg"), rng.integers(0, 256, (12, 10, 3), np.uint8),
+           "JPEG", mode="CMYK")
     with open(os.path.join(src, "a_dog", "README.txt"), "w") as f:
         f.write("not an image")
     return src
@@ -74,13 +77,15 @@ def test_corrupt_files_are_all_named_and_nothing_is_written(tmp_path):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(good, format="PNG")
     with open(os.path.join(src, "c_owl", "truncated.png"), "wb") as f:
         f.write(good.getvalue()[:len(good.getvalue()) // 2])
+    Image.fromarray(np.full((5, 5), 4000, np.uint16)).save(os.path.join(src, "a_dog", "deep.png"))
     out = tmp_path / "data"
     with pytest.raises(folder.BadImagesError) as exc:
         folder.prepare_image_folder(src, "pets", out, log=lambda *_: None)
     message = str(exc.value)
     assert os.path.join(src, "b_cat", "broken.jpg") in message
     assert os.path.join(src, "c_owl", "truncated.png") in message
-    assert len(exc.value.bad) == 2
+    assert os.path.join(src, "a_dog", "deep.png") in message and "16-bit" in message
+    assert len(exc.value.bad) == 3
     assert not (out / "pets").exists() or not any((out / "pets").iterdir())
 
     # The command line: exit status 1, the corrupt files named, nothing written.
@@ -101,7 +106,7 @@ def test_read_back_equals_the_files_with_a_stratified_split(tmp_path):
 
     info = data.dataset_info("pets", data_dir=out)
     assert info.num_classes == 3 and info.splits == ("train", "validation")
-    assert info.split_sizes == (9, 6) and info.eval_split == "validation"
+    assert info.split_sizes == (10, 6) and info.eval_split == "validation"
     assert info.variable_size and info.image_shape == (224, 224, 3)
 
     files = _source_files(src)
@@ -123,7 +128,7 @@ def test_read_back_equals_the_files_with_a_stratified_split(tmp_path):
             if split == "train":
                 train_pixels.append(example["image"].reshape(-1, 3).astype(np.float64))
         if split == "validation":
-            assert per_class.tolist() == [2, 2, 2]    # 40% of 5 per class: stratified
+            assert per_class.tolist() == [2, 2, 2]    # 40% of 16, quotas 1.875/1.875/2.25
     assert sorted(seen) == sorted(files)               # nothing dropped, nothing twice
     pixels = np.concatenate(train_pixels)
     np.testing.assert_allclose(info.mean, pixels.mean(0), atol=1e-3)
