@@ -85,6 +85,10 @@ class Emulator:
 def start(bucket: str = BUCKET, *, timeout: float = 60.0) -> Emulator:
     """Starts the emulator (in-memory, with ``bucket`` created) on a free port of 127.0.0.1 and
     sets the clients' environment in ``os.environ``; returns the :class:`Emulator`."""
+    import importlib.util
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        raise RuntimeError("the gs:// tests need gcp-storage-emulator (in the test extra): "
+                           "pip install -c constraints.txt -e '.[test]'")
     log_path = os.path.join(tempfile.gettempdir(), "gcs_emulator.log")
     for _ in range(3):  # a port taken between choosing it and binding it: try another
         port = _free_port()

@@ -43,6 +43,20 @@ def _names(path):
     return sorted(p.name for p in epath.Path(path).iterdir()) if epath.Path(path).exists() else []
 
 
+def test_emulator_refuses_stale_conditional_writes_as_gcs_does(gcs_bucket):
+    """tensorstore's OCDBT (orbax's format) relies on it; tests/gcs.py adds it to the emulator."""
+    import tensorstore as ts
+    kv = ts.KvStore.open({"driver": "gcs", "bucket": gcs_bucket[len("gs://"):],
+                          "path": "conditional/"}).result()
+    first = kv.write("k", b"one").result()
+    second = kv.write("k", b"two", if_equal=first.generation).result()
+    assert second.generation not in (b"", first.generation)
+    stale = kv.write("k", b"three", if_equal=first.generation).result()
+    assert stale.generation == b""                                # refused: not "three"
+    assert kv.read("k").result().value == b"two"
+    assert kv.read("k", if_not_equal=second.generation).result().state == "unspecified"
+
+
 def test_metrics_rows_on_gcs_match_a_local_file(gcs_path, tmp_path):
     rows = [{"step": s, "loss": 1.0 / s, "note": "x" * s} for s in range(1, 8)]
     for target in (gcs_path, str(tmp_path)):
