@@ -155,3 +155,21 @@ def test_sweep_and_report_in_a_bucket_and_rerun_skips_finished_runs(gcs_path, wr
                          timeout=300)
     assert "2 runs (2 finished)" in dry.stdout, dry.stdout + dry.stderr[-2000:]
     assert sweep.read_results(gcs_path) == rows
+
+
+@pytest.mark.slow
+def test_parallel_workers_in_a_bucket(gcs_path, write_sweep, tmp_path):
+    spec = write_sweep(tmp_path, steps=2)
+    result = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={spec}",
+                             f"--workdir={gcs_path}", "--parallel=2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = sweep.read_results(gcs_path)
+    assert sorted((r["run"], r["status"]) for r in rows) == [
+        ("dataset=digits,layout=parallel", "ok"), ("dataset=digits,layout=sequential", "ok")]
+    # Both workers rewrote results.jsonl; the parent's last rewrite has both rows.
+    lines = epath.Path(gcs_path, sweep.RESULTS_FILE).read_text().splitlines()
+    assert sorted(json.loads(line)["run"] for line in lines) == sorted(r["run"] for r in rows)
+    for row in rows:  # each worker's output, written locally, was copied to the bucket
+        assert epath.Path(gcs_path, "runs", row["run"] + ".log").exists()
+    assert not epath.Path(gcs_path, sweep.LOCK_FILE).exists()
