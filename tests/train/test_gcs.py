@@ -110,6 +110,25 @@ def test_checkpoints_on_gcs_verify_fall_back_and_set_aside(gcs_path):
     assert [k for k in manifest if copied[k] != manifest[k]] == [victim]
 
 
+def test_an_unfinished_step_in_the_bucket_is_ignored_and_saved_again(gcs_path):
+    ckpt = checkpoint.Checkpointer(gcs_path)
+    ckpt.save(_state(4, 1.0))
+    ckpt.save(_state(8, 2.0), wait=True)
+    ckpt.close()
+    # A save killed before orbax marked it finished (GCS has no rename: the marker is the commit).
+    for name in ("commit_success.txt", checkpoint.MANIFEST):
+        epath.Path(gcs_path, "checkpoints", "8", name).unlink()
+    ckpt = checkpoint.Checkpointer(gcs_path)
+    assert ckpt.finished_steps() == [4]
+    assert checkpoint.load_checkpoint(gcs_path)[0] == 4
+    assert int(ckpt.restore_latest(_state(0, 0.0)).step) == 4
+    ckpt.save(_state(8, 3.0), wait=True)
+    restored = ckpt.restore_latest(_state(0, 0.0))
+    ckpt.close()
+    np.testing.assert_array_equal(restored.params["w"], _state(8, 3.0).params["w"])
+    assert checkpoint.verify_step(f"{gcs_path}/checkpoints/8") is None
+
+
 def test_config_guard_and_overwrite_on_gcs(gcs_path):
     from jaxconv.train.config import default_config
     config = default_config()
