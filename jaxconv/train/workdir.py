@@ -75,6 +75,7 @@ def refresh(path) -> None:
     never see objects written since by another process, or by tensorstore (orbax's arrays)."""
     if not is_remote(path):
         return
+    # epath has no public handle on its fsspec file system (TensorFlow's backend has no cache).
     backend = getattr(epath.Path(path), "_backend", None)
     fs = getattr(backend, "fs", None)
     if callable(fs):
