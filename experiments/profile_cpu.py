@@ -4,6 +4,9 @@
     python -m experiments.profile_cpu --model resnet50 --torch_python /work/torchvenv/bin/python
     python -m experiments.profile_cpu --model resnet20 --batch 128 --image_size 32 --steps 3 \\
         --override scan_blocks=False --top 15
+    python -m experiments.profile_cpu --model resnet50 --compare --steps 5
+    python -m experiments.profile_cpu --model resnet20 --compare \\
+        --compiler_option xla_cpu_experimental_ynn_fusion_type=  # no YNNPACK fusions at all
 
 jaxconv side: the SGD train step ``experiments.bench`` times (``make_train_step``, momentum
 0.9), compiled once, run ``--steps`` times under ``jax.profiler.trace``. XLA:CPU records one
@@ -28,6 +31,11 @@ time) are put in the same classes (PyTorch's ``convolution_backward`` computes d
 ``conv dx+dw``), scaled to its wall time the same way; ratio = jaxconv / PyTorch (> 1: jaxconv
 slower). Printed: device, thread counts, shapes, compile time, the class table and the ``--top``
 most expensive thunks with shapes and GFLOP/s.
+
+``--compare``: the step compiled with XLA's defaults and with the ``--compiler_option`` values
+(default: ``jaxconv.layers.conv.CPU_COMPILER_OPTIONS``),
+timed in turn for ``--steps`` rounds (medians of wall and of process CPU time, which a loaded
+machine disturbs far less), and the largest difference of the updated parameters.
 """
 from __future__ import annotations
 
@@ -253,31 +261,15 @@ def profile_jax(name: str, batch: int, image_size: int | None, steps: int,
                 hlo_out: str | None = None) -> dict:
     """Profile ``steps`` train steps of registry model ``name``; returns the class table."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
 
-    import jaxconv
     from jaxconv import analysis
-    from jaxconv.train import create_train_state, make_train_step
 
-    info = jaxconv.model_info(name)
-    h, w, c = info.input_size if image_size is None else (image_size, image_size,
-                                                          info.input_size[2])
-    model = jaxconv.create_model(name, **overrides)
-    tx = optax.sgd(0.01, momentum=0.9)
+    lowered, state, data, init_s = _lowered_step(name, batch, image_size, overrides)
+    h, w, c = data["image"].shape[1:]
     start = time.perf_counter()
-    state = create_train_state(model, tx, (1, h, w, c), seed=0)
-    init_s = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    data = {"image": jnp.asarray(rng.standard_normal((batch, h, w, c), dtype=np.float32)),
-            "label": jnp.asarray(rng.integers(0, info.num_classes, batch), jnp.int32)}
-    step = jax.jit(make_train_step(model, tx, lambda _: 0.01, num_classes=info.num_classes))
-    start = time.perf_counter()
-    compiled = step.lower(state, data).compile(compiler_options=compiler_options or None)
+    compiled = lowered.compile(compiler_options=compiler_options or None)
     compile_s = time.perf_counter() - start
-    wall_s = analysis.median_seconds(lambda s, b: compiled(s, b)[1]["loss"], state, data,
-                                     repeats=max(steps, 3))
+    wall_s, cpu_s = _wall_and_cpu_seconds(lambda: compiled(state, data), max(steps, 3))
     if hlo_out:
         with open(hlo_out, "w") as f:
             f.write(compiled.as_text())
@@ -299,7 +291,86 @@ def profile_jax(name: str, batch: int, image_size: int | None, steps: int,
     top.sort(reverse=True)
     return {"device": analysis.device_name(), "jax": jax.__version__, "model": name,
             "input": (batch, h, w, c), "init_s": init_s, "compile_s": compile_s,
-            "wall_ms": wall_s * 1e3, "classes": dict(rows), "top": top}
+            "wall_ms": wall_s * 1e3, "cpu_ms": cpu_s * 1e3, "classes": dict(rows), "top": top}
+
+
+def _lowered_step(name: str, batch: int, image_size: int | None, overrides: dict):
+    """(lowered train step, state, batch, init seconds): ``experiments.bench``'s SGD step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import jaxconv
+    from jaxconv.train import create_train_state, make_train_step
+
+    info = jaxconv.model_info(name)
+    h, w, c = info.input_size if image_size is None else (image_size, image_size,
+                                                          info.input_size[2])
+    model = jaxconv.create_model(name, **overrides)
+    tx = optax.sgd(0.01, momentum=0.9)
+    start = time.perf_counter()
+    state = create_train_state(model, tx, (1, h, w, c), seed=0)
+    init_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    data = {"image": jnp.asarray(rng.standard_normal((batch, h, w, c), dtype=np.float32)),
+            "label": jnp.asarray(rng.integers(0, info.num_classes, batch), jnp.int32)}
+    step = jax.jit(make_train_step(model, tx, lambda _: 0.01, num_classes=info.num_classes))
+    return step.lower(state, data), state, data, init_s
+
+
+def compare_options(name: str, batch: int, image_size: int | None, overrides: dict,
+                    options: dict, repeats: int) -> dict:
+    """The train step compiled twice, with XLA's defaults and with ``options``, timed in turn
+    (``repeats`` rounds): medians of wall and process CPU ms, and the largest difference of
+    the updated parameters (the options must not change results beyond round-off)."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv import analysis
+
+    lowered, state, data, _ = _lowered_step(name, batch, image_size, overrides)
+    steps = {"default": lowered.compile(), "options": lowered.compile(compiler_options=options)}
+    outs = {k: fn(state, data) for k, fn in steps.items()}
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(outs["default"][0].params), jax.tree.leaves(outs["options"][0].params)))
+    walls = {k: [] for k in steps}
+    cpus = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, fn in steps.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            jax.block_until_ready(fn(state, data))
+            walls[k].append(time.perf_counter() - wall)
+            cpus[k].append(time.process_time() - cpu)
+    row = {"device": analysis.device_name(), "model": name,
+           "input": "x".join(map(str, data["image"].shape)), "options": options,
+           "max_param_diff": diff, "load": round(os.getloadavg()[0], 1)}
+    for k in steps:
+        row[f"{k}_wall_ms"] = round(statistics.median(walls[k]) * 1e3, 1)
+        row[f"{k}_cpu_ms"] = round(statistics.median(cpus[k]) * 1e3, 1)
+    row["speedup_wall"] = round(row["default_wall_ms"] / row["options_wall_ms"], 3)
+    row["speedup_cpu"] = round(row["default_cpu_ms"] / row["options_cpu_ms"], 3)
+    return row
+
+
+def _wall_and_cpu_seconds(fn, repeats: int) -> tuple[float, float]:
+    """Medians of wall and process CPU seconds (all threads) of ``fn()`` after one warm-up
+    call. On a machine shared with other work the CPU seconds vary far less than the wall
+    seconds (what comparisons under load should use); on an idle one wall is the figure."""
+    import statistics
+
+    import jax
+
+    jax.block_until_ready(fn())
+    walls, cpus = [], []
+    for _ in range(repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        jax.block_until_ready(fn())
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def profile_torch(torch_python: str, name: str, batch: int, image_size: int,
@@ -325,7 +396,8 @@ def print_report(jx: dict, th: dict | None, top: int) -> None:
     b, h, w, c = jx["input"]
     print(f"device: {jx['device']}, jax {jx['jax']}, float32; model {jx['model']}, input "
           f"{b}x{h}x{w}x{c}; init {jx['init_s']:.1f} s, compile {jx['compile_s']:.1f} s; "
-          f"train step wall {jx['wall_ms']:.1f} ms ({b / jx['wall_ms'] * 1e3:.1f} img/s)")
+          f"train step wall {jx['wall_ms']:.1f} ms ({b / jx['wall_ms'] * 1e3:.1f} img/s), "
+          f"process CPU time {jx['cpu_ms']:.1f} ms; load average {os.getloadavg()[0]:.1f}")
     thread_ms = sum(v["us"] for v in jx["classes"].values()) / 1e3
     print(f"summed thunk thread time {thread_ms:.1f} ms per step (threads overlap: "
           f"{thread_ms / jx['wall_ms']:.2f}x wall)")
@@ -333,8 +405,9 @@ def print_report(jx: dict, th: dict | None, top: int) -> None:
     ts = {}
     if th:
         print(f"torch {th['torch']} ({th['threads']} threads, {th['memory_format']}): train step "
-              f"wall {th['wall_ms']:.1f} ms ({b / th['wall_ms'] * 1e3:.1f} img/s); step ratio "
-              f"jaxconv/torch {jx['wall_ms'] / th['wall_ms']:.2f}")
+              f"wall {th['wall_ms']:.1f} ms ({b / th['wall_ms'] * 1e3:.1f} img/s), process CPU "
+              f"time {th['cpu_ms']:.1f} ms; step time ratio jaxconv/torch wall "
+              f"{jx['wall_ms'] / th['wall_ms']:.2f}, CPU {jx['cpu_ms'] / th['cpu_ms']:.2f}")
         ts = _scaled(th["classes"], th["wall_ms"])
     head = "| class | jaxconv thread ms | share | est. wall ms | GFLOP/s (thread) |"
     if th:
@@ -378,6 +451,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--compiler_option", action="append", default=[],
                         help="XLA option=value for the step's compile, e.g. "
                              "xla_cpu_experimental_ynn_fusion_type= (empty: no YNNPACK fusions)")
+    parser.add_argument("--compare", action="store_true",
+                        help="instead of profiling: the step with and without the "
+                             "--compiler_option values, timed in turn (--steps rounds)")
     parser.add_argument("--torch_python", default=None,
                         help="an interpreter with torch: profile the PyTorch model beside")
     parser.add_argument("--top", type=int, default=12)
@@ -418,6 +494,13 @@ def main(argv=None) -> dict:
     batch, size, _ = MODELS.get(args.model, (16, None, None))
     batch = args.batch or batch
     size = args.image_size or size
+    if args.compare:
+        if not options:  # the CPU options jaxconv.layers.conv proposes
+            from jaxconv.layers.conv import CPU_COMPILER_OPTIONS
+            options = dict(CPU_COMPILER_OPTIONS)
+        row = compare_options(args.model, batch, size, overrides, options, args.steps)
+        print(json.dumps(row))
+        return row
     jx = profile_jax(args.model, batch, size, args.steps, overrides, options, args.hlo_out)
     th = None
     if args.torch_python:

@@ -183,6 +183,26 @@ def conv2d(
     )
 
 
+#: XLA options for CPU compiles of train steps: YNNPACK (XLA:CPU's library fusions) keeps the
+#: dots and reductions but not the convolutions, which go to XLA's Eigen convolution. A 3x3
+#: conv's kernel gradient as a YNNPACK fusion cost 1.3-2.6x the process CPU time of Eigen's
+#: at ResNet-20/50 shapes (forward and input gradient equal); whole train steps 1.10x (resnet50
+#: b16 128px) to 1.20x (resnet20 b128) less CPU time; turning YNNPACK off entirely cost
+#: resnet50 1.6x more. Measured on the loaded 2-core CPU (jax 0.10.2) with ``python -m
+#: experiments.profile_cpu --compare``; not applied by this module (options are per compile:
+#: ``jax.jit(step, compiler_options=cpu_compiler_options())``).
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+def cpu_compiler_options() -> dict | None:
+    """:data:`CPU_COMPILER_OPTIONS` when the default backend is the CPU, else None (GPU/TPU
+    compiles keep XLA's defaults); pass to ``jax.jit(..., compiler_options=...)``."""
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+
+
 def dense(features: int, *, dtype: Any = jnp.float32, name: str | None = None) -> nn.Dense:
     """Dense layer with bias, float32 parameters, PyTorch-default kernel init and zero bias."""
     return nn.Dense(

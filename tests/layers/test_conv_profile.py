@@ -102,3 +102,30 @@ def test_profile_classifies_a_traced_conv_step(tmp_path):
 def test_torch_op_classes(name, cls):
     assert bench_torch.torch_op_class(name) == cls
     assert cls in profile_cpu.CLASSES
+
+
+def test_cpu_compiler_options_keep_convolutions_out_of_ynnpack():
+    """With ``CPU_COMPILER_OPTIONS`` no convolution is compiled into a YNNPACK fusion (they
+    go to XLA's own convolution), and forward + both gradients equal the default compile's
+    within float32 round-off."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 32)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 32, 32)), jnp.float32)
+
+    def f(x, w):
+        y, vjp = jax.vjp(lambda x, w: conv.cpu_conv(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                         x, w)
+        return (y, *vjp(jnp.cos(y)))
+
+    assert conv.cpu_compiler_options() == conv.CPU_COMPILER_OPTIONS
+    lowered = jax.jit(f).lower(x, w)
+    ours = lowered.compile(compiler_options=conv.cpu_compiler_options())
+    instrs = profile_cpu.parse_hlo(ours.as_text())
+    for name, ins in instrs.items():
+        if name.startswith("%") or ins["opcode"] != "fusion":
+            continue
+        ops = {m["opcode"] for m in profile_cpu._fused(instrs, name)}
+        assert not ("convolution" in ops and "ynn" in name), name
+    for a, b in zip(ours(x, w), lowered.compile()(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
