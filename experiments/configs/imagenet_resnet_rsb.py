@@ -31,7 +31,7 @@ Needs imagenet2012 prepared as ArrayRecord (see imagenet_resnet.py). On every ho
 Expected time: not measured (no TPU here); A1 is 600 x 626 = 375,600 steps, A2 half, A3 a
 sixth at 160 (the paper: 4.6 days for A1 on one node of 4 V100 32GB). `:a1,runlocal` (likewise
 a2, a3) runs each part of that procedure on the offline digits32 with a one-block-per-stage
-ResNet-50, 20 steps of batch 48: well under a minute of training on the shared 2-core CPU.
+ResNet-50, 60 steps of batch 48: about a minute of training on the shared 2-core CPU.
 """
 from jaxconv.train.config import default_config
 
@@ -84,8 +84,8 @@ def get_config(arg: str | None = None):
             c.model_overrides.stem_width = 8
             c.image_size = 24 if size else None   # A3's lower train resolution
             c.augment.flip = False
-            c.batch_size, c.num_train_steps, c.warmup_steps = 48, 20, 4
-            c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 10, 0, 10
+            c.batch_size, c.num_train_steps, c.warmup_steps = 48, 60, 6
+            c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 0, 30
         else:
             raise ValueError(f"unknown config flag {flag!r}; valid: 'runlocal'")
     return c
