@@ -31,7 +31,12 @@ Multi-host (``jax.distributed``): process 0 decides which runs are left and writ
 after every run all processes exchange their outcome through the coordination service's
 key-value store, so a run that failed on any host is recorded as failed (naming the host) on all
 of them and the sweep goes on with the next run together. Every wait has a timeout
-(``host_timeout_s``); a process that does not answer in time is named in a ``HostTimeoutError``.
+(``host_timeout_s``); a process that does not answer in time is named in a ``HostTimeoutError``,
+and the process that timed out says in the store that it leaves, so a late one stops too rather
+than start the next run alone. A process cannot free others already waiting in a collective of
+the failed run: it leaves after the timeout, which ends their collective (gloo on CPU: the
+connection closes; tested) or, where the runtime does not notice, leaves them to jax's
+coordination service, which ends the job when it misses the host's heartbeat (not tested here).
 """
 from __future__ import annotations
 
@@ -691,11 +696,26 @@ class HostAgreement:
                 missing.append(p)
         if missing:
             who = ", ".join(map(str, missing))
-            raise HostTimeoutError(
-                f"process {who} (of {self.count}) did not answer within {self.timeout_s:g} s at "
-                f"{tag!r} (seen from process {self.index}): it crashed, hangs, or is stuck in a "
-                "collective after another host failed; the sweep stops (re-run it to continue)")
+            message = (f"process {who} (of {self.count}) did not answer within "
+                       f"{self.timeout_s:g} s at {tag!r} (seen from process {self.index}): it "
+                       "crashed, hangs, or is stuck in a collective after another host failed; "
+                       "the sweep stops (re-run it to continue)")
+            # Tell the others this process leaves: one that answers late (freed from a
+            # collective by our exit) then stops too instead of going on alone.
+            self.client.key_value_set(f"{self.namespace}/left/{self.index}", message)
+            raise HostTimeoutError(message)
         return [answers[p] for p in range(self.count)]
+
+    def departed(self) -> dict[int, str]:
+        """{process index: its reason} of the processes that left the sweep on a timeout."""
+        out = {}
+        for p in range(self.count):
+            if p != self.index:
+                try:
+                    out[p] = self.client.key_value_try_get(f"{self.namespace}/left/{p}")
+                except Exception:  # pylint: disable=broad-except  (NOT_FOUND: still here)
+                    pass
+        return out
 
 
 def _grid_digest(runs: list[Run]) -> str:
@@ -804,4 +824,8 @@ def _run_locked(spec, runs, finished, todo, sweep_dir, *, only, is_main,
             record_result(sweep_dir, row)
         progress.finished(row)
         rows.append(row)
+        gone = agreement.departed() if agreement is not None else {}
+        if gone:  # the next run's collectives would wait for a process that is not coming
+            raise HostTimeoutError("; ".join(f"process {p} left the sweep ({why})"
+                                             for p, why in sorted(gone.items())))
     return rows

@@ -88,6 +88,10 @@ def test_a_process_that_never_answers_is_named_and_nobody_waits_forever(clients)
         assert isinstance(out[i], sweep.HostTimeoutError)
         assert f"process 2 (of 3) did not answer within 0.5 s at 'run/a' (seen from process {i})" \
             in str(out[i])
+    # Process 2, answering late, learns that both left (and why): it must not go on alone.
+    gone = agree[2].departed()
+    assert sorted(gone) == [0, 1] and "process 2 (of 3) did not answer" in gone[0]
+    assert agree[0].departed() == {1: str(out[1])}
     # Alone, process 0 names both others.
     agree = _agreements(clients(3), timeout_s=0.3)
     with pytest.raises(sweep.HostTimeoutError, match=r"process 1, 2 \(of 3\)"):
@@ -150,8 +154,10 @@ DRIVER = textwrap.dedent('''
     real = loop.train_and_evaluate
 
     def train_and_evaluate(config, workdir, *args, **kwargs):
-        summary = real(config, workdir, *args, **kwargs)
         run = os.path.basename(str(workdir).rstrip("/"))
+        if run == os.environ.get("FAIL_EARLY_RUN"):  # the other host goes into the collectives
+            raise RuntimeError("injected failure before training on this host only")
+        summary = real(config, workdir, *args, **kwargs)
         if run == os.environ.get("FAIL_RUN"):
             raise RuntimeError("injected failure on this host only")
         if run == os.environ.get("HANG_RUN"):
@@ -222,3 +228,30 @@ def test_two_processes_a_host_that_never_answers_is_named_and_the_other_stops(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.slow
+def test_two_processes_a_host_failing_while_the_other_is_in_a_collective_ends_both(
+        tmp_path, write_sweep):
+    # Process 1 fails the second run before its first step; process 0 is then left waiting in a
+    # collective (gloo's context is set up by the first run). Nobody may wait forever.
+    spec, out = write_sweep(tmp_path, steps=4), tmp_path / "out"
+    procs = _start_two(tmp_path, spec, out, {"FAIL_EARLY_RUN": SECOND}, "--host_timeout=15")
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # Process 1 waited --host_timeout for process 0 and left, naming it; that freed process 0
+    # from the collective (gloo: connection closed), which failed its run, saw process 1 gone and
+    # stopped too. Both exit with the error (not killed by jax.distributed's shutdown barrier).
+    assert [p.returncode for p in procs] == [1, 1], [e[-3000:] for _, e in outputs]
+    assert "error: process 0 (of 2) did not answer within 15 s at 'run/" + SECOND in outputs[1][1]
+    assert "error: process 1 left the sweep (process 0 (of 2) did not answer" in outputs[0][1]
+    rows = {r["run"]: r for r in sweep.read_results(str(out))}
+    assert rows[FIRST]["status"] == "ok"
+    assert rows[SECOND]["status"] == "failed" and 1 in rows[SECOND]["failed_processes"]
+    assert ("process 1: RuntimeError: injected failure before training on this host only"
+            in rows[SECOND]["error"])
