@@ -137,9 +137,16 @@ def test_the_hosts_agree_on_the_grid_and_on_starting(clients, write_sweep, tmp_p
         assert "did not start on every host: process 1: SweepLockedError: in use" in str(out[i])
 
 
-def test_bad_host_timeout_is_refused():
+def test_bad_host_timeout_is_refused(tmp_path, write_sweep):
     with pytest.raises(ValueError, match="host_timeout_s must be > 0 seconds, got 0"):
         sweep.HostAgreement(None, 0, 2, 0)
+    result = subprocess.run([sys.executable, "-m", "experiments.sweep",
+                             f"--config={write_sweep(tmp_path)}", f"--workdir={tmp_path / 'o'}",
+                             "--host_timeout=-5", "--dry_run"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "--host_timeout must be > 0 seconds, got -5.0" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
 
 
 # --------------------------------------------------------------------- two real processes
