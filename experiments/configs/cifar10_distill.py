@@ -21,8 +21,8 @@ and is read from its workdir on every (re)start; the student's checkpoints hold 
 Expected time: not measured on an accelerator (391k student steps of batch 128 plus a WRN-28-10
 forward pass each). `:runlocal` distils the digits32 runlocal ResNet-20
 (``cifar10_resnet.py:resnet20,runlocal``, trained first into /tmp/jaxconv_teacher_resnet20, or
-pass --config.distill.weights) into a half-width ResNet-20, 40 steps of batch 32: about a minute
-of training on the shared 2-core CPU:
+pass --config.distill.weights) into a half-width ResNet-20, 150 steps of batch 32: about a
+minute of training on the shared 2-core CPU (the teacher's runlocal: 7.5 min under load):
 
     python -m experiments.train --config experiments/configs/cifar10_resnet.py:resnet20,runlocal \\
         --workdir /tmp/jaxconv_teacher_resnet20
@@ -65,8 +65,8 @@ def get_config(arg: str | None = None):
             c.distill.weights = RUNLOCAL_TEACHER
             c.model_overrides.widths = (8, 16, 32)
             c.model_overrides.stem_width = 8
-            c.batch_size, c.num_train_steps, c.warmup_steps = 32, 40, 5
-            c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 10, 0, 20
+            c.batch_size, c.num_train_steps, c.warmup_steps = 32, 150, 10
+            c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 0, 50
         else:
             raise ValueError(f"unknown config flag {flag!r}; valid: 'runlocal'")
     return c
