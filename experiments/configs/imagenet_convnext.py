@@ -22,7 +22,10 @@ the paper's ``update_freq``). Differences from the paper: warm-up starts at lr 0
 Expected time: not measured (no TPU here); estimated 300 x 313 = 93,900 steps. `:MODEL,runlocal`
 exercises every part of the recipe (RandAugment, mixup/CutMix, label smoothing, erasing, drop
 path, layer scale, EMA, warm-up + cosine AdamW) on the offline digits32 with a one-block-per-stage
-model, 30 steps of batch 32: about a minute of training on the shared 2-core CPU.
+model, 30 steps of batch 32: about a minute of training on the shared 2-core CPU. Measured
+(jax 0.10.2, float32, other jobs running), whole command / training / test top-1 (EMA) on 300
+images: convnext_tiny 79 s / 52 s / 0.75 (0.72) at load ~15; inception_next_tiny 30 s / 16 s /
+0.76 (0.65) at load ~7.
 """
 from jaxconv.train.config import default_config
 

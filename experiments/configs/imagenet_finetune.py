@@ -23,7 +23,8 @@ dataset's 224 crops resized on device (``image_size``).
 Expected time: not measured (no TPU here); 30 x 2,503 = 75,090 steps of batch 512 at 384.
 `:MODEL,runlocal` runs the recipe (layer decay, RandAugment, erasing, label smoothing, drop path,
 cosine AdamW without warm-up) on the offline digits32 with a one-block-per-stage model, 20
-steps of batch 32: under a minute of training on the shared 2-core CPU.
+steps of batch 32: under a minute of training on the shared 2-core CPU. Measured (jax 0.10.2,
+float32, load ~17): whole command 83 s, training 49 s, test top-1 0.77 (from scratch).
 """
 from jaxconv.train.config import default_config
 
