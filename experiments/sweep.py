@@ -177,7 +177,7 @@ def main(argv):
             sys.stdout.flush()
             os._exit(1)  # pylint: disable=protected-access
         if _VERBOSE.value or not isinstance(e, (ValueError, FileNotFoundError,
-                                                 sweep.SweepLockedError)):
+                                                 sweep.SweepLockedError, sweep.OtherHostError)):
             raise
         sys.exit(f"error: {e}")
 

@@ -66,11 +66,11 @@ from jaxconv.train.workdir import is_remote, refresh
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "HostAgreement", "HostTimeoutError", "Progress", "Run", "SweepLock", "SweepLockedError",
-    "SweepSpec", "apply_overrides", "axis", "chain", "expand_runs", "join_path", "load_sweep",
-    "pending_runs", "product", "read_jsonl_file", "read_results", "record_result",
-    "rewrite_results_file", "run_name", "run_status", "run_sweep", "train_one", "write_spec",
-    "zipped",
+    "HostAgreement", "HostTimeoutError", "OtherHostError", "Progress", "Run", "SweepLock",
+    "SweepLockedError", "SweepSpec", "apply_overrides", "axis", "chain", "expand_runs",
+    "join_path", "load_sweep", "pending_runs", "product", "read_jsonl_file", "read_results",
+    "record_result", "rewrite_results_file", "run_name", "run_status", "run_sweep", "train_one",
+    "write_spec", "zipped",
 ]
 
 LABEL_PREFIX = "label."
@@ -649,6 +649,11 @@ class HostTimeoutError(RuntimeError):
     """A process of a multi-host sweep did not answer in time (the message names it)."""
 
 
+class OtherHostError(RuntimeError):
+    """The sweep could not start on another process of a multi-host job (the message names it
+    and gives its error)."""
+
+
 class HostAgreement:
     """All processes of a ``jax.distributed`` job exchange a small JSON value at named points,
     through the coordination service's key-value store, each wait bounded by ``timeout_s``.
@@ -735,7 +740,7 @@ def _agree_on_start(agreement: HostAgreement, runs, todo, error) -> list[str]:
         raise error
     problems = [f"process {p}: {a['error']}" for p, a in enumerate(answers) if a["error"]]
     if problems:
-        raise RuntimeError("the sweep did not start on every host: " + "; ".join(problems))
+        raise OtherHostError("the sweep did not start on every host: " + "; ".join(problems))
     differ = [p for p, a in enumerate(answers) if a["grid"] != answers[0]["grid"]]
     if differ:
         raise ValueError(f"process {', '.join(map(str, differ))} has other runs or configs than "

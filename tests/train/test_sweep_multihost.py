@@ -133,7 +133,7 @@ def test_the_hosts_agree_on_the_grid_and_on_starting(clients, write_sweep, tmp_p
                                                 boom if i == 1 else None), 3)
     assert out[1] is boom
     for i in (0, 2):
-        assert isinstance(out[i], RuntimeError)
+        assert isinstance(out[i], sweep.OtherHostError)
         assert "did not start on every host: process 1: SweepLockedError: in use" in str(out[i])
 
 
