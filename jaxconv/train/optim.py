@@ -70,24 +70,24 @@ def check_config(config) -> None:
 
 
 def _abstract_params(config):
-    """The model's parameter shapes (traced, nothing allocated), or None when the dataset is
-    not known (validate_config reports that)."""
+    """The model's parameter shapes (traced, nothing allocated), or None when the dataset or the
+    image size is not valid (validate_config reports those)."""
     from jaxconv import data
     from jaxconv.analysis import init_variables
     from jaxconv.registry import create_model
+    from jaxconv.train.loop import model_input_shape  # lazy: loop imports this module
     try:
         info = data.dataset_info(config.dataset)
     except ValueError:
         return None
+    size = config.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        return None
     overrides = dict(config.model_overrides)
     overrides.setdefault("num_classes", info.num_classes)
     model = create_model(config.model, **overrides)
-    if info.is_sequence:
-        shape = tuple(info.image_shape)
-    else:
-        h, w, c = info.image_shape
-        shape = (h, w, c) if config.get("image_size") is None else (config.image_size,) * 2 + (c,)
-    return init_variables(model, (1, *shape), input_dtype=info.input_dtype)["params"]
+    return init_variables(model, (1, *model_input_shape(config, info)),
+                          input_dtype=info.input_dtype)["params"]
 
 
 def _frozen(multiplier) -> bool:
