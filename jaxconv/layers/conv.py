@@ -187,8 +187,8 @@ def conv2d(
 #: dots and reductions but not the convolutions, which go to XLA's Eigen convolution. A 3x3
 #: conv's kernel gradient as a YNNPACK fusion cost 1.3-2.6x the process CPU time of Eigen's
 #: at ResNet-20/50 shapes (forward and input gradient equal); whole train steps 1.10x (resnet50
-#: b16 128px) to 1.20x (resnet20 b128) less CPU time; turning YNNPACK off entirely cost
-#: resnet50 1.6x more. Measured on the loaded 2-core CPU (jax 0.10.2) with ``python -m
+#: b16 128px) to 1.20x (resnet20 b128) less CPU time, mobilenetv1_100 1.00x (its convs are
+#: depthwise and matmuls); turning YNNPACK off entirely cost resnet50 1.6x more. Measured on the loaded 2-core CPU (jax 0.10.2) with ``python -m
 #: experiments.profile_cpu --compare``; not applied by this module (options are per compile:
 #: ``jax.jit(step, compiler_options=cpu_compiler_options())``).
 CPU_COMPILER_OPTIONS = {
@@ -320,6 +320,20 @@ def taps_conv(x, w, strides, pads, dilation=(1, 1), groups=1, precision=None):
     return acc
 
 
+def strided_pointwise_conv(x, w, strides, precision=None):
+    """An unpadded 1x1 NHWC/HWIO convolution with stride (sh, sw) as the strided slice of
+    the input it reads times the [Cin, Cout] kernel (ResNet's downsample shortcuts). XLA:CPU
+    computes the kernel gradient of the strided conv as a convolution with rhs dilation at
+    ~2 GFLOP/s; as the transpose of this matmul it is one plain matmul. Measured (2-core CPU,
+    load ~4, jax 0.10.2): forward + both gradients 1.2-1.7x less CPU time at ResNet-50's
+    shortcut shapes; the resnet50 b16 128px train step 1.05x wall / 1.08x CPU time."""
+    batch, h, wd, c = x.shape
+    sh, sw = strides
+    view = lax.slice(x, (0, 0, 0, 0), (batch, (h - 1) // sh * sh + 1, (wd - 1) // sw * sw + 1, c),
+                     (1, sh, sw, 1))
+    return jnp.matmul(view, w.reshape(w.shape[2], w.shape[3]), precision=precision)
+
+
 #: Grouped convolutions with up to this many groups run as one dense convolution with a
 #: block-diagonal kernel (G times the FLOPs at XLA's dense rate); more groups as taps_conv.
 #: Measured (conv_cpu_bench, 2-core CPU, loaded): 3x3 at (16, 32, 32, 64), 8 groups, forward +
@@ -343,7 +357,8 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
     """``lax.conv_general_dilated`` with the CPU path of the module docstring, per call.
 
     On CPU, for 2-D NHWC/HWIO convolutions without lhs dilation or ``preferred_element_type``:
-    the calls :func:`matmul_conv` serves are a matmul; grouped convolutions are one dense
+    the calls :func:`matmul_conv` serves are a matmul, unpadded strided 1x1 convs
+    :func:`strided_pointwise_conv`'s slice and matmul; grouped convolutions are one dense
     convolution with :func:`block_diagonal_kernel` (up to :data:`BLOCK_DIAGONAL_MAX_GROUPS`
     groups) or :func:`taps_conv`; dense ones stay XLA's (its kernel gradient measured 1.7-4x
     faster than taps_conv's per-tap matmuls at every ResNet/ConvNeXt/MobileNet shape tried, see
@@ -373,6 +388,9 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
     if feature_group_count == 1 and dilation == (1, 1) and _matmul_serves(
             lhs.shape, rhs.shape, strides, pads):
         return matmul_conv(lhs, rhs, strides, pads, precision=precision)
+    if (feature_group_count == 1 and rhs.shape[:2] == (1, 1) and strides != (1, 1)
+            and pads == ((0, 0), (0, 0))):
+        return strided_pointwise_conv(lhs, rhs, strides, precision)
     if feature_group_count == 1:
         return stock()
     if feature_group_count <= BLOCK_DIAGONAL_MAX_GROUPS:

@@ -123,3 +123,37 @@ def test_cpu_conv_forward_mode_and_dispatch(groups, w_shape, monkeypatch):
     monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
     jaxpr = str(jax.make_jaxpr(f(conv.cpu_conv))(x, w))
     assert f"feature_group_count={groups}" in jaxpr and "dot_general" not in jaxpr
+
+
+@pytest.mark.parametrize("x_shape, strides, dtype", [
+    ((2, 9, 7, 6), (2, 2), "float32"),    # odd sizes: the last row/column is read
+    ((3, 8, 8, 5), (2, 2), "float32"),    # even sizes: the last row/column is skipped
+    ((2, 10, 9, 4), (3, 2), "float32"),
+    ((2, 7, 7, 6), (2, 2), "bfloat16"),
+])
+def test_strided_pointwise_conv_matches_lax(x_shape, strides, dtype):
+    """Unpadded strided 1x1 convs (ResNet's downsample shortcuts) on CPU: a strided slice and
+    a matmul, no convolution left in the forward or either gradient; same values, jvp works."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=x_shape), dtype)
+    w = jnp.asarray(rng.normal(size=(1, 1, x_shape[3], 3)), dtype)
+
+    def run(conv_fn):
+        def f(x, w):
+            return conv_fn(x, w, strides, "VALID", dimension_numbers=DN)
+        y, vjp = jax.vjp(f, x, w)
+        cotangent = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+        return (y, *vjp(cotangent), jax.jvp(f, (x, w), (x, w))[1])
+
+    with jax.default_matmul_precision("highest"):
+        expected = jax.jit(lambda: run(jax.lax.conv_general_dilated))()
+        got = jax.jit(lambda: run(conv.cpu_conv))()
+    tol = 2e-2 if dtype == "bfloat16" else 1e-5
+    for name, a, e in zip(("forward", "input gradient", "kernel gradient", "jvp"), got,
+                          expected):
+        assert (a.shape, a.dtype) == (e.shape, e.dtype), name
+        a, e = np.asarray(a, np.float32), np.asarray(e, np.float32)
+        assert np.max(np.abs(a - e)) <= tol * np.max(np.abs(e)), name
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(
+        conv.cpu_conv(x, w, strides, "VALID", dimension_numbers=DN)), (0, 1)))(x, w))
+    assert "conv_general_dilated" not in jaxpr
