@@ -7,6 +7,7 @@ RandAugment, random erasing). The
 killed run goes through the real command line (``python -m experiments.train``), as
 tests/train/test_train.py does.
 """
+import json
 import os
 import signal
 import subprocess
@@ -125,7 +126,6 @@ def test_every_recipe_feature_resumes_bitwise_after_sigkill(recipe, tmp_path):
     for row in (rows[5], rows[11]):
         assert {"eval_top1", "eval_loss", "eval_ema_top1", "eval_ema_loss"} <= set(row)
     assert rows[11]["eval_ema_loss"] == ref_rows[11]["eval_ema_loss"]
-    import json
     final = json.loads((workdir / "final_metrics.json").read_text())
     assert final["eval_ema_top1"] == rows[11]["eval_ema_top1"]
     assert final["eval_ema_loss"] != final["eval_loss"]  # the EMA is not the raw weights
