@@ -22,7 +22,9 @@ the ``op_name`` metadata JAX writes: ``transpose(jvp(...))`` marks the backward 
   transpose, copy, pad, slice, broadcast), ``optimizer+glue`` (outside the loss's autodiff:
   the optax update, step counters), ``loop/cond control`` (while/conditional thunks' own time).
 
-A thunk's time is exclusive (its nested thunks subtracted). XLA:CPU runs independent thunks on
+A thunk's time is exclusive (its nested thunks subtracted). Convolutions XLA hands to Eigen
+(rather than to YNNPACK) run asynchronously: their events end early, and the report says so
+when the events cover less than the wall time. XLA:CPU runs independent thunks on
 several threads at once, so the summed thread time exceeds the wall time; each class's share of
 the summed time is also shown scaled to the measured wall time of a step (``est. wall ms``).
 With ``--torch_python``, the same model in PyTorch (``experiments.bench_torch``'s definition,
@@ -401,6 +403,10 @@ def print_report(jx: dict, th: dict | None, top: int) -> None:
     thread_ms = sum(v["us"] for v in jx["classes"].values()) / 1e3
     print(f"summed thunk thread time {thread_ms:.1f} ms per step (threads overlap: "
           f"{thread_ms / jx['wall_ms']:.2f}x wall)")
+    if thread_ms < 0.9 * jx["wall_ms"]:
+        print("note: the thunks' events cover less than the wall time: work that runs "
+              "asynchronously (XLA's Eigen convolutions do) or a loaded machine's waits are not "
+              "attributed, and those classes' rows and GFLOP/s read low / high")
     js = _scaled(jx["classes"], jx["wall_ms"])
     ts = {}
     if th:
