@@ -57,7 +57,7 @@ def load_run(workdir: str):
         raise ValueError(f"--workdir={workdir!r} has no config.json: not a training run")
     with open(path) as f:
         config = json.load(f)
-    info = data.dataset_info(config["dataset"])
+    info = data.dataset_info(config["dataset"], data_dir=config.get("data_dir"))
     overrides = {"num_classes": info.num_classes, **config.get("model_overrides", {})}
     model = jaxconv.create_model(config["model"], **overrides)
     _, state = load_checkpoint(workdir)

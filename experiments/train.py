@@ -53,6 +53,10 @@ __doc__ += ("\nConfig fields (--config.FIELD=VALUE; defaults of jaxconv/train/co
 # checked against the schema by train.validate_config before anything runs.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (Python).",
                                           lock_config=False, accept_new_attributes=True)
+#: Exit status after a SIGTERM that was handled by saving the step (128 + 15, as a shell reports
+#: a process ended by SIGTERM).
+PREEMPTED_EXIT_STATUS = 143
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics and checkpoints.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of errors and of checkpoint "
                              "fallbacks (default: one line each).")
@@ -90,6 +94,11 @@ def main(argv):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except train.preemption.Preempted as stop:
+        # SIGTERM (spot / preemptible VM): the step is saved; the exit status is 128 + SIGTERM,
+        # as if the signal had ended the process, so supervisors can tell it from success.
+        print(stop, file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     import jax
     if jax.process_index() == 0:
         print("final:", json.dumps(summary, sort_keys=True))

@@ -57,7 +57,10 @@ def _free_port() -> int:
 def _env(url: str) -> dict[str, str]:
     return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
             "EPATH_USE_TF": "false", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-            "FSSPEC_GCS_TOKEN": "anon"}
+            "FSSPEC_GCS_TOKEN": "anon",
+            # array_record reads gs:// with its own GCS client, which ignores
+            # STORAGE_EMULATOR_HOST and hangs looking for credentials without this.
+            "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}
 
 
 class Emulator:
@@ -146,6 +149,8 @@ def _conform(server, objects, exceptions) -> None:
         def conforming(request, response, storage, *args, **kwargs):
             bucket = request.params.get("bucket_name")
             name = request.params.get("object_id") or (request.query.get("name") or [None])[0]
+            if not name and request.query.get("uploadType") == ["multipart"]:
+                name = (request.data or {}).get("meta", {}).get("name")  # named in the body
             if bucket and name:
                 current = generation(storage, bucket, name)
                 match = request.query.get("ifGenerationMatch")

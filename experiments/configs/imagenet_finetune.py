@@ -11,9 +11,9 @@ pre-training: ConvNeXt-B 86.8, -L 87.5 (after 1K pre-training, -B 85.1).
 
 The pretrained weights come from a jaxconv workdir (e.g. an ``imagenet_convnext.py`` run) or a
 timm state dict, with ``config.init_from`` and the head re-initialised by ``config.init_reinit``
-(regexes on parameter paths). NOTE: those two fields are proposed to the training loop (see
-``jaxconv.train.param_groups.merge_pretrained``); until the loop has them this config trains
-from the model's fresh initialisation with the fine-tuning recipe. The 384 inputs are the
+(regexes on parameter paths; ``jaxconv.train.pretrained``): every other parameter and batch
+statistic must fit the model, or the run stops before training naming the misfits. Without
+``init_from`` the recipe trains from the model's fresh initialisation. The 384 inputs are the
 dataset's 224 crops resized on device (``image_size``).
 
     python -m experiments.train --config experiments/configs/imagenet_finetune.py:convnext_base \\
@@ -56,8 +56,7 @@ def get_config(arg: str | None = None):
     c.schedule = "cosine"
     c.warmup_steps = 0
     c.layer_decay = 0.8
-    if "init_from" in c:  # the proposed pretrained-weights fields (module docstring)
-        c.init_reinit = ("^head/fc/",)
+    c.init_reinit = ("^head/fc/",)  # a new classifier (applies once init_from is given)
     c.num_data_threads = 32
     c.log_every_steps = 100
     c.eval_every_steps = 2503 * 3

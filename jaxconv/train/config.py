@@ -79,6 +79,10 @@ def default_config() -> ml_collections.ConfigDict:
     # start_step on; from freeze_bn_step (None: never) BatchNorm uses its running statistics.
     c.quantization = ml_collections.ConfigDict(dict(
         scheme="", start_step=0, freeze_bn_step=config_dict.placeholder(int)))
+    # Fine-tuning: start from a jaxconv workdir's latest checkpoint or a timm state dict file
+    # (.npz / .safetensors), except the parameters matching a regex of init_reinit (a new head).
+    c.init_from = ""
+    c.init_reinit = ()
     c.seed = 0
     c.log_every_steps = 50
     c.eval_every_steps = 0                            # 0: evaluate at the end only

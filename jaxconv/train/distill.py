@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STATE_DICT_SUFFIXES = (".npz", ".safetensors")
+from jaxconv.train.pretrained import check_weights_path, load_variables
 
 
 def enabled(config) -> bool:
@@ -57,20 +57,7 @@ def check_config(config, num_classes: int | None = None) -> None:
         jaxconv.create_model(d.teacher, **_overrides(config, num_classes))
     except ValueError as e:
         raise ValueError(f"config.distill.teacher / teacher_overrides: {e}") from None
-    path = d.weights
-    if not path:
-        raise ValueError(f"config.distill.weights is empty: the teacher {d.teacher!r} needs "
-                         f"weights: a timm state dict ({' or '.join(STATE_DICT_SUFFIXES)}) or a "
-                         "jaxconv workdir with checkpoints")
-    if os.path.isdir(path):
-        if not os.path.isdir(os.path.join(path, "checkpoints")):
-            raise ValueError(f"config.distill.weights={path!r} is a directory without "
-                             "checkpoints/ (not a jaxconv workdir)")
-    elif not os.path.isfile(path):
-        raise ValueError(f"config.distill.weights={path!r} does not exist")
-    elif not path.lower().endswith(STATE_DICT_SUFFIXES):
-        raise ValueError(f"config.distill.weights={path!r}: valid are a jaxconv workdir or a "
-                         f"timm state dict file ({list(STATE_DICT_SUFFIXES)})")
+    check_weights_path("config.distill.weights", d.weights)
 
 
 def load_teacher(config, num_classes: int, dtype=jnp.float32):
@@ -78,13 +65,6 @@ def load_teacher(config, num_classes: int, dtype=jnp.float32):
     if not enabled(config):
         return None, None
     import jaxconv
-    from jaxconv.convert import from_timm, load_state_dict
-    from jaxconv.train.checkpoint import load_checkpoint
     d = config.distill
     model = jaxconv.create_model(d.teacher, dtype=dtype, **_overrides(config, num_classes))
-    if os.path.isdir(d.weights):
-        _, state = load_checkpoint(d.weights)
-        variables = {"params": state["params"], **state.get("model_state", {})}
-    else:
-        variables = from_timm(d.teacher, load_state_dict(d.weights), model=model)
-    return model, jax.tree.map(jnp.asarray, variables)
+    return model, load_variables(d.weights, d.teacher, model)

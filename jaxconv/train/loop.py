@@ -23,12 +23,14 @@ from jaxconv import data
 from jaxconv.data.mix import mix_config_from
 from jaxconv.quantize.qat import qat_config_from, qat_training_model
 from jaxconv.train import mesh as mesh_lib
+from jaxconv.train import sharding as sharding_lib
 from jaxconv.train.checkpoint import Checkpointer, non_finite_parts
 from jaxconv.train.config import default_config
 from jaxconv.train.metrics import MetricsWriter
-from jaxconv.train import distill, optim
+from jaxconv.train import distill, optim, pretrained
 from jaxconv.train.optim import make_optimizer
-from jaxconv.train.state import create_train_state
+from jaxconv.train.preemption import Preempted, PreemptionGuard
+from jaxconv.train.profiling import StepProfiler, parse_profile_steps
 from jaxconv.train.steps import make_eval_step, make_train_step
 from jaxconv.train.validation import (check_batch_fits_data, check_memory, check_ranges,
                                      check_recipe)
@@ -69,8 +71,12 @@ def validate_config(config, *, check_fits_machine: bool = True) -> None:
     check_ranges(config)
     optim.check_config(config)
     _choice("dtype", config.dtype, DTYPES)
+    mesh_axes = mesh_lib.parse_mesh(config.mesh)  # ValueErrors name config.mesh
+    sharding_lib.check_sharding(config.sharding, [a for a, _ in mesh_axes])
+    parse_profile_steps(config.profile_steps)
+    pretrained.check_init_config(config)
     try:
-        info = data.dataset_info(config.dataset)
+        info = data.dataset_info(config.dataset, data_dir=config.data_dir)
     except ValueError as e:
         raise ValueError(f"config.dataset: {e}") from None
     jaxconv.create_model(config.model, **config.model_overrides)  # unknown name/field -> ValueError
@@ -86,6 +92,8 @@ def validate_config(config, *, check_fits_machine: bool = True) -> None:
     if info.is_sequence and augment.enabled:
         raise ValueError(f"config.augment={dict(config.augment)}: the image augmentations do not "
                          f"apply to the sequence dataset {config.dataset}; leave them off")
+    if not info.is_sequence:  # policy ops need uint8 images with 1 or 3 channels
+        data.augment.make_transform(info, augment, train=True)
     if config.image_size is not None and info.is_sequence:
         raise ValueError(f"config.image_size={config.image_size!r}: resizing applies to images; "
                          f"{config.dataset} is a sequence dataset (leave it None)")
@@ -205,7 +213,7 @@ def _in_mesh(mesh, fn):
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset``; returns the final metrics row."""
     validate_config(config)
-    info = data.dataset_info(config.dataset)
+    info = data.dataset_info(config.dataset, data_dir=config.data_dir)
     model = build_model(config, info)
     augment = data.AugmentConfig(**config.augment)
     train_src = data.get_source(config.dataset, config.train_split or info.train_split,
@@ -223,18 +231,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     prepare_workdir(config, workdir, is_main=is_main)  # another config's run: stop here
 
-    mesh = mesh_lib.make_data_mesh()
+    mesh = mesh_lib.make_mesh(config)  # config.mesh; the batch is split over every axis
     repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     tx, schedule = make_optimizer(config, total_steps)
-    state = create_train_state(model, tx, (1, *model_input_shape(config, info)), config.seed,
-                               input_dtype=info.input_dtype, ema=config.ema_decay is not None)
-    state = jax.device_put(state, repl)
+    # config.sharding: params, optimizer and EMA state replicated or fsdp-sharded, initialized
+    # straight into that layout (bitwise the same values as the replicated state).
+    state, state_sh = sharding_lib.create_sharded_train_state(
+        model, tx, (1, *model_input_shape(config, info)), config.seed, mesh, config,
+        input_dtype=info.input_dtype, ema=config.ema_decay is not None)
     # The distillation teacher: frozen, read again on every (re)start, never checkpointed.
     teacher, teacher_variables = distill.load_teacher(config, info.num_classes,
                                                       DTYPES[config.dtype])
     teacher_args = () if teacher is None else (jax.device_put(teacher_variables, repl),)
 
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    if config.init_from and checkpointer.latest_step() is None:  # fine-tuning, first start
+        state = jax.device_put(pretrained.init_from_pretrained(state, config, model, tx),
+                               state_sh)
     state = checkpointer.restore_latest(state)
     start_step = int(mesh_lib.to_host(state.step))
     writer = MetricsWriter(workdir, enabled=is_main)
@@ -249,11 +262,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                          label_smoothing=config.label_smoothing,
                                          image_size=config.image_size, task=info.task,
                                          teacher=teacher, **recipe_step_options(config)),
-                         in_shardings=(repl, batch_sh) + (repl,) * len(teacher_args),
-                         out_shardings=(repl, repl), donate_argnums=donate)
+                         in_shardings=(state_sh, batch_sh) + (repl,) * len(teacher_args),
+                         out_shardings=(state_sh, repl), donate_argnums=donate)
     eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
                                        image_size=config.image_size, task=info.task),
-                        in_shardings=(repl, batch_sh), out_shardings=repl)
+                        in_shardings=(state_sh, batch_sh), out_shardings=repl)
     # Trace and run with the mesh as context mesh: ops that run per batch shard (Pallas kernels
     # under shard_map, kernels_pallas.core.shard_batch) look it up when jit traces them.
     train_step, eval_step = _in_mesh(mesh, train_step), _in_mesh(mesh, eval_step)
@@ -269,10 +282,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run_start = time.perf_counter()
     bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_main, unit="step",
                     dynamic_ncols=True, mininterval=1.0, desc=f"{config.model} on {config.dataset}")
+    def save_interrupted(marker: str) -> bool:
+        """Ctrl-C or preemption: keeps the progress since the last checkpoint, unless it has
+        diverged, and logs the metrics of the interrupted interval too (resuming keeps rows up to
+        the saved step), so the last partial interval is not lost."""
+        last = int(mesh_lib.to_host(state.step))
+        host = mesh_lib.to_host(pending)
+        if _first_non_finite(host, last) is not None or non_finite_parts(state):
+            return False
+        if host and last > summary["step"]:
+            writer.write({"step": last, "epoch": last / steps_per_epoch,
+                          **{k: float(np.mean([m[k] for m in host])) for k in host[0]},
+                          "images_per_sec": interval_steps * config.batch_size
+                          / (time.perf_counter() - interval_start),
+                          "wall_time": time.perf_counter() - run_start, marker: True})
+        checkpointer.save(state, wait=True)
+        return True
+
+    # SIGTERM (spot / preemptible VMs): save at the next step boundary, then stop.
+    guard = PreemptionGuard()
+    profiler = StepProfiler(config.profile_steps, workdir, enabled=is_main)
     try:
+        guard.start()
         for step in range(start_step + 1, total_steps + 1):
+            profiler.before_step(step)
             state, metrics = train_step(state, mesh_lib.global_batch(next(batches), mesh),
                                         *teacher_args)
+            profiler.after_step(step, metrics)
             pending.append(metrics)
             interval_steps += 1
             bar.update(1)
@@ -300,23 +336,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if ckpt_due:
                     _save_finite(checkpointer, state, config)
                 interval_start, interval_steps = time.perf_counter(), 0
+            if step < total_steps and guard.reached(step):
+                saved = save_interrupted("preempted")
+                raise Preempted(step, saved, checkpointer.directory)
     except KeyboardInterrupt:
-        # Ctrl-C: keep the progress since the last checkpoint, unless it has diverged.
-        # The metrics of the interrupted interval are logged too (resuming keeps rows up to the
-        # saved step), so the last partial interval is not lost.
-        last = int(mesh_lib.to_host(state.step))
-        host = mesh_lib.to_host(pending)
-        if _first_non_finite(host, last) is None and not non_finite_parts(state):
-            if host and last > summary["step"]:
-                writer.write({"step": last, "epoch": last / steps_per_epoch,
-                              **{k: float(np.mean([m[k] for m in host])) for k in host[0]},
-                              "images_per_sec": interval_steps * config.batch_size
-                              / (time.perf_counter() - interval_start),
-                              "wall_time": time.perf_counter() - run_start, "interrupted": True})
-            checkpointer.save(state, wait=True)
-            log.warning("interrupted: saved step %d; re-run the command to resume", last)
+        if save_interrupted("interrupted"):
+            log.warning("interrupted: saved step %d; re-run the command to resume",
+                        int(mesh_lib.to_host(state.step)))
         raise
     finally:
+        guard.stop()
+        profiler.stop()
         bar.close()
         checkpointer.close()
     if "eval_loss" not in summary:  # nothing left to train (a finished run re-run): report anyway

@@ -368,7 +368,7 @@ def _model_costs(config) -> dict:
     """Parameters, forward FLOPs and activations per image at the run's input size."""
     from jaxconv import analysis, data
     from jaxconv.train.loop import build_model, model_input_shape
-    info = data.dataset_info(config.dataset)
+    info = data.dataset_info(config.dataset, data_dir=config.get("data_dir"))
     model = build_model(config, info)
     shape = (1, *model_input_shape(config, info))
     dtype = info.input_dtype  # int32 token ids for token datasets
