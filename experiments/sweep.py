@@ -169,6 +169,10 @@ def main(argv):
         _main(argv)
     except Exception as e:  # pylint: disable=broad-except
         from jaxconv.train import sweep
+        from jaxconv.train.preemption import Preempted
+        if isinstance(e, Preempted):  # the run saved its step; re-running the sweep resumes it
+            print(e, file=sys.stderr)
+            sys.exit(143)  # 128 + SIGTERM, as experiments.train
         if isinstance(e, sweep.HostTimeoutError):
             # The hosts are out of step: exiting normally would wait at jax.distributed's
             # shutdown barrier for the host that does not answer. Leave at once; the coordination

@@ -382,11 +382,13 @@ def _model_costs(config) -> dict:
 def train_one(run: Run, sweep_dir: str, *, process_index: int = 0) -> dict:
     """Trains (or resumes) one run and returns its results row; failures become a row too.
 
-    KeyboardInterrupt is not a failure: the training loop saves and the sweep stops.
+    KeyboardInterrupt and preemption (SIGTERM, :class:`Preempted`) are not failures: the training
+    loop saves and the sweep stops; re-running it resumes that run.
     ``process_index`` > 0 (another host of a multi-host sweep) writes its traceback to
     ``error.processN.txt``, beside process 0's ``error.txt``.
     """
     from jaxconv.train.loop import train_and_evaluate
+    from jaxconv.train.preemption import Preempted
     workdir = join_path(sweep_dir, RUNS_DIR, run.name)
     row = {"run": run.name, "workdir": f"{RUNS_DIR}/{run.name}",
            "swept_fields": list(run.values), **run.values,
@@ -401,6 +403,8 @@ def train_one(run: Run, sweep_dir: str, *, process_index: int = 0) -> dict:
                    train_wall_time_s=round(summary["run_wall_time"], 2))
         row.update(_metric_summary(workdir))
         row.update(_model_costs(run.config))
+    except Preempted:  # SIGTERM: the run saved its step; the machine is going away, stop here
+        raise
     except Exception as e:  # pylint: disable=broad-except  (recorded; the sweep goes on)
         name = f"error.process{process_index}.txt" if process_index else "error.txt"
         _write_whole(join_path(workdir, name), traceback.format_exc())

@@ -62,3 +62,17 @@ def test_bad_profile_steps_are_refused_before_training(value):
         parse_profile_steps(value)
     with pytest.raises(ValueError, match="config.profile_steps"):
         train.validate_config(tiny_config(profile_steps=value))
+
+
+def test_a_preempted_sweep_run_stops_the_sweep_instead_of_being_recorded_failed(tmp_path,
+                                                                                  monkeypatch):
+    from jaxconv.train import loop, sweep
+
+    def preempted(config, workdir):
+        raise Preempted(3, True, workdir)
+
+    monkeypatch.setattr(loop, "train_and_evaluate", preempted)
+    run = sweep.expand_runs(tiny_config(), sweep.axis("seed", [0]))[0]
+    with pytest.raises(Preempted):
+        sweep.train_one(run, str(tmp_path))
+    assert not list(tmp_path.rglob("error*.txt"))
