@@ -1,7 +1,8 @@
 """Datasets and input pipelines.
 
     from jaxconv import data
-    info = data.dataset_info("cifar10")                 # static, no I/O
+    info = data.dataset_info("cifar10")                 # registered: static, no I/O (a folder
+                                                        # made by prepare_images: reads its JSON)
     src = data.get_source("cifar10", "train")            # src[i] -> {"image", "label"}
     it = data.train_iterator(src, global_batch_size=128, seed=0, start_step=step,
                              augment=data.AugmentConfig(crop_padding=4, flip=True))
