@@ -5,6 +5,7 @@
     python -m experiments.profile_cpu --model resnet20 --batch 128 --image_size 32 --steps 3 \\
         --override scan_blocks=False --top 15
     python -m experiments.profile_cpu --model resnet50 --compare --steps 5
+    python -m experiments.profile_cpu --model resnet50 --compare --compare_without strided_pointwise_conv
     python -m experiments.profile_cpu --model resnet20 --compare \\
         --compiler_option xla_cpu_experimental_ynn_fusion_type=  # no YNNPACK fusions at all
 
@@ -38,6 +39,8 @@ most expensive thunks with shapes and GFLOP/s.
 (default: ``jaxconv.layers.conv.CPU_COMPILER_OPTIONS``),
 timed in turn for ``--steps`` rounds (medians of wall and of process CPU time, which a loaded
 machine disturbs far less), and the largest difference of the updated parameters.
+``--compare_without strided_pointwise_conv``: instead, the step with that ``cpu_conv``
+reformulation replaced by ``lax.conv_general_dilated`` against the current one.
 """
 from __future__ import annotations
 
@@ -321,20 +324,48 @@ def _lowered_step(name: str, batch: int, image_size: int | None, overrides: dict
     return step.lower(state, data), state, data, init_s
 
 
+#: ``--compare_without`` choices: a ``jaxconv.layers.conv`` reformulation -> what the baseline
+#: step computes instead (``lax.conv_general_dilated`` on the same arguments).
+_REFORMULATIONS = ("strided_pointwise_conv",)
+
+
+def _lax_instead(name: str):
+    from jax import lax
+
+    if name == "strided_pointwise_conv":
+        return lambda x, w, strides, precision=None: lax.conv_general_dilated(
+            x, w, strides, ((0, 0), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision)
+    raise ValueError(f"--compare_without {name!r} is not one of {list(_REFORMULATIONS)}")
+
+
 def compare_options(name: str, batch: int, image_size: int | None, overrides: dict,
-                    options: dict, repeats: int) -> dict:
+                    options: dict, repeats: int, without: str | None = None) -> dict:
     """The train step compiled twice, with XLA's defaults and with ``options``, timed in turn
     (``repeats`` rounds): medians of wall and process CPU ms, and the largest difference of
-    the updated parameters (the options must not change results beyond round-off)."""
+    the updated parameters (the options must not change results beyond round-off). With
+    ``without`` (a ``jaxconv.layers.conv`` reformulation), the baseline ("default") is the
+    step traced with that reformulation replaced by ``lax.conv_general_dilated`` and the other
+    ("options") the current code, both with ``options`` (may be empty)."""
     import statistics
+    from unittest import mock
 
     import jax
     import jax.numpy as jnp
 
     from jaxconv import analysis
+    from jaxconv.layers import conv as conv_lib
 
-    lowered, state, data, _ = _lowered_step(name, batch, image_size, overrides)
-    steps = {"default": lowered.compile(), "options": lowered.compile(compiler_options=options)}
+    if without is None:
+        lowered, state, data, _ = _lowered_step(name, batch, image_size, overrides)
+        steps = {"default": lowered.compile(),
+                 "options": lowered.compile(compiler_options=options)}
+    else:
+        with mock.patch.object(conv_lib, without, _lax_instead(without)):
+            base, state, data, _ = _lowered_step(name, batch, image_size, overrides)
+        lowered = _lowered_step(name, batch, image_size, overrides)[0]
+        steps = {"default": base.compile(compiler_options=options or None),
+                 "options": lowered.compile(compiler_options=options or None)}
     outs = {k: fn(state, data) for k, fn in steps.items()}
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
         jax.tree.leaves(outs["default"][0].params), jax.tree.leaves(outs["options"][0].params)))
@@ -348,6 +379,7 @@ def compare_options(name: str, batch: int, image_size: int | None, overrides: di
             cpus[k].append(time.process_time() - cpu)
     row = {"device": analysis.device_name(), "model": name,
            "input": "x".join(map(str, data["image"].shape)), "options": options,
+           "baseline": f"lax instead of {without}" if without else "XLA defaults",
            "max_param_diff": diff, "load": round(os.getloadavg()[0], 1)}
     for k in steps:
         row[f"{k}_wall_ms"] = round(statistics.median(walls[k]) * 1e3, 1)
@@ -460,6 +492,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--compare", action="store_true",
                         help="instead of profiling: the step with and without the "
                              "--compiler_option values, timed in turn (--steps rounds)")
+    parser.add_argument("--compare_without", default=None, choices=_REFORMULATIONS,
+                        help="with --compare: the baseline step computes this cpu_conv "
+                             "reformulation with lax instead (XLA options: --compiler_option "
+                             "only, none by default)")
     parser.add_argument("--torch_python", default=None,
                         help="an interpreter with torch: profile the PyTorch model beside")
     parser.add_argument("--top", type=int, default=12)
@@ -501,10 +537,11 @@ def main(argv=None) -> dict:
     batch = args.batch or batch
     size = args.image_size or size
     if args.compare:
-        if not options:  # the CPU options jaxconv.layers.conv proposes
+        if not options and not args.compare_without:  # the options jaxconv.layers.conv proposes
             from jaxconv.layers.conv import CPU_COMPILER_OPTIONS
             options = dict(CPU_COMPILER_OPTIONS)
-        row = compare_options(args.model, batch, size, overrides, options, args.steps)
+        row = compare_options(args.model, batch, size, overrides, options, args.steps,
+                              args.compare_without)
         print(json.dumps(row))
         return row
     jx = profile_jax(args.model, batch, size, args.steps, overrides, options, args.hlo_out)
