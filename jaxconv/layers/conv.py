@@ -186,9 +186,9 @@ def conv2d(
 #: XLA options for CPU compiles of train steps: YNNPACK (XLA:CPU's library fusions) keeps the
 #: dots and reductions but not the convolutions, which go to XLA's Eigen convolution. A 3x3
 #: conv's kernel gradient as a YNNPACK fusion cost 1.3-2.6x the process CPU time of Eigen's
-#: at ResNet-20/50 shapes (forward and input gradient equal); whole train steps 1.10x (resnet50
-#: b16 128px) to 1.20x (resnet20 b128) less CPU time, mobilenetv1_100 1.00x (its convs are
-#: depthwise and matmuls); turning YNNPACK off entirely cost resnet50 1.6x more. Measured on the loaded 2-core CPU (jax 0.10.2) with ``python -m
+#: at ResNet-20/50 shapes (forward and input gradient equal); whole train steps: resnet20 b128
+#: 1.19x wall / 1.18x CPU time, resnet50 b16 128px 1.11x / 1.04x (load ~3), convnext_tiny and
+#: mobilenetv1_100 1.00x (load ~4); turning YNNPACK off entirely cost resnet50 1.6x more. Measured on the loaded 2-core CPU (jax 0.10.2) with ``python -m
 #: experiments.profile_cpu --compare``; not applied by this module (options are per compile:
 #: ``jax.jit(step, compiler_options=cpu_compiler_options())``).
 CPU_COMPILER_OPTIONS = {
@@ -325,8 +325,10 @@ def strided_pointwise_conv(x, w, strides, precision=None):
     the input it reads times the [Cin, Cout] kernel (ResNet's downsample shortcuts). XLA:CPU
     computes the kernel gradient of the strided conv as a convolution with rhs dilation at
     ~2 GFLOP/s; as the transpose of this matmul it is one plain matmul. Measured (2-core CPU,
-    load ~4, jax 0.10.2): forward + both gradients 1.2-1.7x less CPU time at ResNet-50's
-    shortcut shapes; the resnet50 b16 128px train step 1.05x wall / 1.08x CPU time."""
+    load 3-5, jax 0.10.2): forward + both gradients 1.2-1.7x less CPU time at ResNet-50's
+    shortcut shapes; the resnet50 b16 128px train step 1.12x wall / 1.13x CPU time (``python -m
+    experiments.profile_cpu --model resnet50 --compare --compare_without
+    strided_pointwise_conv``)."""
     batch, h, wd, c = x.shape
     sh, sw = strides
     view = lax.slice(x, (0, 0, 0, 0), (batch, (h - 1) // sh * sh + 1, (wd - 1) // sw * sw + 1, c),
