@@ -53,6 +53,7 @@ import optax
 
 import jaxconv
 from jaxconv import analysis
+from jaxconv.layers.conv import cpu_compiler_options
 from jaxconv.train import mesh as mesh_lib
 from jaxconv.train import sharding as sharding_lib
 from jaxconv.train.config import default_config
@@ -77,7 +78,8 @@ def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: st
     batch = {"image": jnp.asarray(rng.standard_normal(shape, dtype=np.float32)),
              "label": jnp.asarray(rng.integers(0, info.num_classes, batch_size), jnp.int32)}
 
-    step = jax.jit(make_train_step(model, tx, lambda _: 0.01, num_classes=info.num_classes))
+    step = jax.jit(make_train_step(model, tx, lambda _: 0.01, num_classes=info.num_classes),
+                   compiler_options=cpu_compiler_options())  # XLA:CPU conv routing (conv.py)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

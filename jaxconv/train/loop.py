@@ -21,6 +21,7 @@ from etils import epath
 import jaxconv
 from jaxconv import data
 from jaxconv.data.mix import mix_config_from
+from jaxconv.layers.conv import cpu_compiler_options
 from jaxconv.quantize.qat import qat_config_from, qat_training_model
 from jaxconv.train import mesh as mesh_lib
 from jaxconv.train import sharding as sharding_lib
@@ -263,7 +264,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                          image_size=config.image_size, task=info.task,
                                          teacher=teacher, **recipe_step_options(config)),
                          in_shardings=(state_sh, batch_sh) + (repl,) * len(teacher_args),
-                         out_shardings=(state_sh, repl), donate_argnums=donate)
+                         out_shardings=(state_sh, repl), donate_argnums=donate,
+                         compiler_options=cpu_compiler_options())
     eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
                                        image_size=config.image_size, task=info.task),
                         in_shardings=(state_sh, batch_sh), out_shardings=repl)
