@@ -51,7 +51,9 @@ _INTERPOLATION = flags.DEFINE_string("interpolation", None, "timm: nearest | bil
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "square input size")
 _MEAN = flags.DEFINE_list("mean", None, "timm: 3 per-channel means, 0..1 scale")
 _STD = flags.DEFINE_list("std", None, "timm: 3 per-channel stds, 0..1 scale")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
+# allow_override: experiments.quantize defines --batch_size too, and a test process may import
+# both modules (each command line imports only one).
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "evaluation batch size", allow_override=True)
 _EMA = flags.DEFINE_bool("ema", False, "workdir: evaluate the EMA weights")
 _OUTPUT = flags.DEFINE_string("output", None, "also write the JSON row to this file")
 _THREADS = flags.DEFINE_integer("num_threads", None, "data loading threads (default: CPU count)")
