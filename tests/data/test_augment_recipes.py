@@ -457,3 +457,11 @@ def test_bench_recipe_suite_runs(capsys):
   assert [label for label, _ in rows] == ["decode", "decode+rrc+flip+normalize", "full"]
   assert theirs is None and all(rate > 0 for _, rate in rows)
   assert "(32, 224, 224, 3)" in capsys.readouterr().out
+
+
+def test_the_training_config_lists_exactly_the_augment_config_fields():
+  # config.py is loaded by path for --help and cannot import the dataclass: keep them in step.
+  import dataclasses
+  from jaxconv.train.config import default_config
+  assert set(default_config().augment.keys()) == {
+      f.name for f in dataclasses.fields(data.AugmentConfig)}

@@ -139,6 +139,23 @@ def test_ctrl_c_saves_the_current_step(tmp_path):
     assert f"saved step {step}" in err
 
 
+def test_sigterm_saves_the_current_step_exits_143_and_resumes_bitwise(reference_run, tmp_path):
+    """Preemption of a spot VM: SIGTERM finishes the step in flight, saves it, exits with
+    128 + SIGTERM; the same command then ends where an uninterrupted run does."""
+    returncode, err = signal_run_at_step(tmp_path, 13, signal.SIGTERM, checkpoint_every_steps=100)
+    assert returncode == 143, err[-2000:]
+    step = train.load_checkpoint(str(tmp_path))[0]
+    assert 13 <= step < 40, err[-2000:]  # saved where it stopped, not at a periodic checkpoint
+    assert f"preempted (SIGTERM) after step {step}: saved step {step}" in err
+    result = run_cli(tmp_path, checkpoint_every_steps=100)
+    assert result.returncode == 0, result.stderr[-3000:]
+    step, params, opt = params_of(tmp_path)
+    ref_step, ref_params, ref_opt = params_of(reference_run[0])
+    assert step == ref_step == 40
+    for a, b in zip(params + opt, ref_params + ref_opt, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     real_iterator = data.train_iterator
 
