@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	touch $@
 
 # The demo sweep: 6 small ResNets on the offline digits (no network), then the summary table and
-# plots in runs/demo_sweep/plots; ~4.5 min on a 2-core CPU. Re-running skips finished runs.
+# plots in runs/demo_sweep/plots; ~2-4.5 min on a 2-core CPU. Re-running skips finished runs.
 demo: $(VENV)/.installed
 	$(PY) -m experiments.sweep --config experiments/configs/sweeps/demo.py \
 	    --workdir runs/demo_sweep --report
