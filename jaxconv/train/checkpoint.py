@@ -154,10 +154,12 @@ def _finite(tree):
 
 
 def non_finite_parts(state) -> list[str]:
-    """Which of params / opt_state / model_state hold a NaN or Inf (a reduction on device; one
+    """Which of params / opt_state / model_state / ema hold a NaN or Inf (a reduction on device; one
     scalar per part comes back to the host)."""
     parts = {"params": state.params, "opt_state": state.opt_state,
              "model_state (batch statistics)": state.model_state}
+    if getattr(state, "ema", None) is not None:
+        parts["ema (EMA weights)"] = state.ema
     flags = to_host({k: _finite(v) for k, v in parts.items()})
     return [k for k, ok in flags.items() if not bool(ok)]
 

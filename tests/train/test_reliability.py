@@ -289,3 +289,13 @@ def test_ctrl_c_keeps_the_interrupted_rows_and_resumes_bitwise(base_run, tmp_pat
     assert [r["step"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == [4, 5, 6]
     for a, b in zip(leaves(tmp_path), leaves(base_run), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_ema_weights_are_named():
+    import jax.numpy as jnp
+    from jaxconv.train.state import TrainState
+    state = TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.ones(3)}, model_state={},
+                       opt_state=(), rng=jnp.zeros(2, jnp.uint32),
+                       ema={"params": {"w": jnp.array([1.0, jnp.nan, 1.0])}, "model_state": {}})
+    assert checkpoint.non_finite_parts(state) == ["ema (EMA weights)"]
+    assert checkpoint.non_finite_parts(state.replace(ema=None)) == []
