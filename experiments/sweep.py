@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import distributed_flags
+
+#: Exit status of a preempted sweep or worker (128 + SIGTERM, as experiments.train).
+PREEMPTED_EXIT_STATUS = 143
 
 # The sweep file's get_config(ARG) is the base config, so --config.FIELD=value overrides a field
 # of every run as in experiments.train (checked against the schema before anything runs).
@@ -113,6 +117,14 @@ def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
     free = list(enumerate(_worker_envs(parallel)))
     active: dict[subprocess.Popen, tuple] = {}
     queue = list(enumerate(todo, start=len(finished) + 1))
+    preempted = []  # the runs whose worker stopped on SIGTERM (they saved their step)
+
+    def on_sigterm(signum, frame):  # preemption: every worker saves its step; start no more runs
+        queue.clear()
+        for proc in active:
+            proc.send_signal(signal.SIGTERM)
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while queue or active:
             while queue and free:
@@ -129,6 +141,9 @@ def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
             for proc in [p for p in active if p.poll() is not None]:
                 run, slot, env, log_file = active.pop(proc)
                 log_file.close()
+                if proc.returncode == PREEMPTED_EXIT_STATUS:
+                    preempted.append(run.name)
+                    queue.clear()
                 free.append((slot, env))
                 if is_remote(sweep_dir):  # the log was written locally: copy it over
                     from etils import epath
@@ -149,6 +164,12 @@ def _run_workers(spec, runs, sweep_dir: str, parallel: int) -> None:
         for proc in active:
             proc.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if preempted:
+        print(f"preempted (SIGTERM): runs {', '.join(preempted)} saved their step; re-run the "
+              "same command to resume them", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 def _log_path(sweep_dir: str, run_name: str) -> str:
@@ -172,7 +193,7 @@ def main(argv):
         from jaxconv.train.preemption import Preempted
         if isinstance(e, Preempted):  # the run saved its step; re-running the sweep resumes it
             print(e, file=sys.stderr)
-            sys.exit(143)  # 128 + SIGTERM, as experiments.train
+            sys.exit(PREEMPTED_EXIT_STATUS)
         if isinstance(e, sweep.HostTimeoutError):
             # The hosts are out of step: exiting normally would wait at jax.distributed's
             # shutdown barrier for the host that does not answer. Leave at once; the coordination

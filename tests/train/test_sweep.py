@@ -230,6 +230,33 @@ def test_parallel_workers_train_side_by_side(tmp_path, write_sweep):
     assert (out / "runs" / "dataset=digits,layout=parallel.log").exists()
 
 
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_sweep_saves_every_worker_and_resumes(tmp_path, write_sweep):
+    spec, out = write_sweep(tmp_path, steps=18), tmp_path / "out"
+    proc = subprocess.Popen(sweep_cli(spec, out, "--parallel=2"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    logs = [out / "runs" / name / "metrics.jsonl" for name in
+            ("dataset=digits,layout=parallel", "dataset=digits,layout=sequential")]
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # both workers mid-run
+        if all(m.exists() and len(read_metrics(str(m))) >= 3 for m in logs):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "preempted (SIGTERM)" in err and not sweep.read_results(str(out))
+
+    result = subprocess.run(sweep_cli(spec, out, "--parallel=2"), cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["status"] for r in sweep.read_results(str(out))] == ["ok", "ok"]
+    for metrics in logs:  # each resumed from the step it saved: every step logged once
+        steps = [r["step"] for r in read_metrics(str(metrics))]
+        assert steps == sorted(set(steps)) and steps[-1] == 18
+
+
 def test_sweep_file_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="sweeps"):
         sweep.load_sweep(str(tmp_path / "missing.py"))
