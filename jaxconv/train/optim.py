@@ -9,7 +9,6 @@ hold no optimizer state and do not count in the clipping norm.
 """
 from __future__ import annotations
 
-import math
 import re
 
 import jax
@@ -23,26 +22,16 @@ OPTIMIZERS = ("sgd", "nesterov", "adamw", "lamb", "lars")
 SCHEDULES = ("cosine", "step", "constant")
 
 
-def _positive(config, field: str) -> None:
-    value = config.get(field)
-    if value is None:
-        return
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value <= 0):
-        raise ValueError(f"config.{field}={value!r} must be a number > 0 or None (off)")
-
-
 def check_config(config) -> None:
     """The optimizer fields, checked before training (ValueError naming the field, the value and
-    the valid choices): optimizer, schedule, grad_clip_norm, grad_clip_agc, layer_decay (a
+    the valid choices): optimizer, schedule, layer_decay (a
     supported model family) and param_rules (valid regexes, multipliers >= 0, each rule taking
-    at least one parameter of the model, not every parameter frozen)."""
+    at least one parameter of the model, not every parameter frozen). The clipping thresholds are
+    range-checked with the other numbers (``validation.check_ranges``)."""
     for field, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
         if config[field] not in valid:
             raise ValueError(f"config.{field}={config[field]!r} is not valid; choose one of "
                              f"{sorted(valid)}")
-    _positive(config, "grad_clip_norm")
-    _positive(config, "grad_clip_agc")
     decay = config.get("layer_decay")
     if decay is not None:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:

@@ -134,6 +134,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, *, num_cl
     return step if ema_decay is None else _with_ema(step, ema_decay, ema_warmup)
 
 
+def apply_update(state: TrainState, tx, schedule, grads, new_model_state, **metrics):
+    """One optimizer update of ``state`` with ``grads`` (every train step ends here): the next
+    state and ``metrics`` plus the step's learning rate and gradient norm."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
+    new_state = state.replace(step=state.step + 1, params=params,
+                              model_state=dict(new_model_state), opt_state=opt_state)
+    return new_state, metrics
+
+
 def _with_ema(step_fn, decay: float, warmup: bool):
     """``step_fn`` followed by the EMA update of the new params and model_state."""
     def step(state: TrainState, *args):
@@ -170,17 +181,8 @@ def _make_classification_step(model, tx, schedule, *, num_classes, label_smoothi
 
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "learning_rate": schedule(state.step),
-            "grad_norm": optax.tree.norm(grads),
-        }
-        new_state = state.replace(step=state.step + 1, params=params,
-                                  model_state=dict(new_model_state), opt_state=opt_state)
-        return new_state, metrics
+        return apply_update(state, tx, schedule, grads, new_model_state, loss=loss,
+                            top1=jnp.mean(jnp.argmax(logits, -1) == batch["label"]))
 
     return step
 
@@ -278,17 +280,8 @@ def _make_recipe_step(model, tx, schedule, *, num_classes, label_smoothing, imag
                 body, init, (jnp.arange(k), microbatches(inputs, k)))
             grads = jax.tree.map(lambda g: g / k, grad_sum)
             loss_value = loss_sum / k
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss_value,
-            "top1": correct / labels.shape[0],
-            "learning_rate": schedule(state.step),
-            "grad_norm": optax.tree.norm(grads),
-        }
-        new_state = state.replace(step=state.step + 1, params=params,
-                                  model_state=dict(new_model_state), opt_state=opt_state)
-        return new_state, metrics
+        return apply_update(state, tx, schedule, grads, new_model_state, loss=loss_value,
+                            top1=correct / labels.shape[0])
 
     return step
 
@@ -309,15 +302,10 @@ def _make_sequence_train_step(model, tx, schedule, *, num_classes, label_smoothi
 
         (loss, (correct, count, new_model_state)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "learning_rate": schedule(state.step),
-                   "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss}
         if correct is not None:
             metrics["top1"] = jnp.sum(correct) / count
-        new_state = state.replace(step=state.step + 1, params=params,
-                                  model_state=dict(new_model_state), opt_state=opt_state)
-        return new_state, metrics
+        return apply_update(state, tx, schedule, grads, new_model_state, **metrics)
 
     return step
 

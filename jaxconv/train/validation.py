@@ -45,6 +45,7 @@ def check_ranges(config) -> None:
     _number(config, "label_smoothing", 0, 1)
     _number(config, "warmup_steps", 0, None, integer=True)
     _number(config, "grad_clip_norm", 0, None, low_open=True, optional=True)
+    _number(config, "grad_clip_agc", 0, None, low_open=True, optional=True)
     _number(config, "keep_checkpoints", 1, None, integer=True)
     _number(config, "num_data_threads", 0, None, integer=True)
     _number(config, "seed", 0, None, integer=True)
