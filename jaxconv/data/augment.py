@@ -63,6 +63,24 @@ def _is_number(value) -> bool:
       value, (bool, np.bool_))
 
 
+def check_mix_fields(mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob, mix_mode) -> None:
+  """The mixup / CutMix fields of ``config.augment`` (mixing itself runs on device,
+  ``jaxconv.data.mix``, whose ``MixConfig`` is checked here too): Python numbers, finite."""
+  def number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+  for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+    if not number(value) or value < 0:
+      raise ValueError(f"config.augment.{name}={value!r} must be a number >= 0 (0 disables it)")
+  for name, value in (("mix_prob", mix_prob), ("mix_switch_prob", mix_switch_prob)):
+    if not number(value) or not 0 <= value <= 1:
+      raise ValueError(f"config.augment.{name}={value!r} must be a probability in [0, 1]")
+  if mix_mode not in MIX_MODES:
+    raise ValueError(f"config.augment.mix_mode={mix_mode!r} is not valid; choose one of "
+                     f"{list(MIX_MODES)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """Training augmentations. All off by default; evaluation never augments.
@@ -130,19 +148,19 @@ class AugmentConfig:
     if len(policies) > 1:
       raise ValueError(f"config.augment: {', '.join(policies)}: randaugment, autoaugment and "
                        "trivialaugment are mutually exclusive; set at most one")
-    for name, low, high in [("color_jitter", 0.0, None), ("random_erasing", 0.0, 1.0),
-                            ("mixup_alpha", 0.0, None), ("cutmix_alpha", 0.0, None),
-                            ("mix_prob", 0.0, 1.0), ("mix_switch_prob", 0.0, 1.0)]:
+    for name, low, high in [("color_jitter", 0.0, None), ("random_erasing", 0.0, 1.0)]:
       value = getattr(self, name)
       if not _is_number(value) or not math.isfinite(value) or value < low or (
           high is not None and value > high):
         _fail(name, value, f"must be a number in [{low}, {high if high is not None else 'inf'}"
                            f"{']' if high is not None else ')'}")
       object.__setattr__(self, name, float(value))
+    check_mix_fields(self.mixup_alpha, self.cutmix_alpha, self.mix_prob, self.mix_switch_prob,
+                     self.mix_mode)
+    for name in ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob"):
+      object.__setattr__(self, name, float(getattr(self, name)))
     if self.erasing_mode not in aa.ERASING_MODES:
       _fail("erasing_mode", self.erasing_mode, f"valid modes are {aa.ERASING_MODES}")
-    if self.mix_mode not in MIX_MODES:
-      _fail("mix_mode", self.mix_mode, f"valid modes are {MIX_MODES}")
     for name in ("erasing_count", "aug_repeats"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -18,7 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-MIX_MODES = ("batch", "pair", "elem")
+from jaxconv.data.augment import MIX_MODES, check_mix_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,20 +33,8 @@ class MixConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self):
-        for name, field in (("mixup_alpha", "mixup_alpha"), ("cutmix_alpha", "cutmix_alpha")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"config.augment.{field}={value!r} must be a number >= 0 "
-                                 "(0 disables it)")
-        for name, field in (("prob", "mix_prob"), ("switch_prob", "mix_switch_prob")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0 <= value <= 1:
-                raise ValueError(f"config.augment.{field}={value!r} must be a probability in "
-                                 "[0, 1]")
-        if self.mode not in MIX_MODES:
-            raise ValueError(f"config.augment.mix_mode={self.mode!r} is not valid; choose one of "
-                             f"{list(MIX_MODES)}")
+        check_mix_fields(self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob,
+                         self.mode)
 
     @property
     def enabled(self) -> bool:
