@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.layers.dtypes import canonical_dtype
 from kernels_pallas import flash_attention
 from kernels_pallas.flash_attention.api import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
@@ -126,7 +127,8 @@ class MultiHeadAttention(nn.Module):
 
     def _dense(self, features, use_bias, name):
         return nn.Dense(features, use_bias=use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                        kernel_init=self.kernel_init, bias_init=nn.initializers.zeros, name=name)
+                        kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
+                        dot_general=flat_dot_general, name=name)
 
     @nn.compact
     def __call__(self, x, bias=None, *, train: bool = False):

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 import kernels_pallas
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.layers.dtypes import canonical_dtype
 
 __all__ = ["NeighborhoodAttention2D", "trunc_normal_02"]
@@ -91,7 +92,8 @@ class NeighborhoodAttention2D(nn.Module):
             x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
         qkv = nn.Dense(3 * channels, use_bias=self.qkv_bias, dtype=self.dtype,
-                       param_dtype=jnp.float32, kernel_init=trunc_normal_02, name="qkv")(x)
+                       param_dtype=jnp.float32, kernel_init=trunc_normal_02,
+                       dot_general=flat_dot_general, name="qkv")(x)
         qkv = qkv.reshape(*x.shape[:3], 3, self.num_heads, head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         span = 2 * self.kernel_size - 1
@@ -102,4 +104,5 @@ class NeighborhoodAttention2D(nn.Module):
             scale=self.qk_scale, implementation=self.implementation)
         out = out.reshape(*x.shape[:3], channels)[:, :height, :width, :]
         return nn.Dense(channels, dtype=self.dtype, param_dtype=jnp.float32,
-                        kernel_init=trunc_normal_02, name="proj")(out)
+                        kernel_init=trunc_normal_02, dot_general=flat_dot_general,
+                        name="proj")(out)

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from jaxconv.layers import (DepthwiseConv2D, DropPath, batch_norm, canonical_dtype, conv2d,
                             drop_path_rates)
 from jaxconv.layers.attention import ATTENTION_IMPLEMENTATIONS, MultiHeadAttention
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.registry import register_model
 
 __all__ = ["STYLES", "CoAtNet", "MBConvBlock", "TransformerBlock", "make_divisible"]
@@ -113,7 +114,8 @@ def _avg_pool2(x):
 
 def _dense(features, *, use_bias=True, dtype, kernel_init=_conv_init, name=None):
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=kernel_init, bias_init=nn.initializers.zeros, name=name)
+                    kernel_init=kernel_init, bias_init=nn.initializers.zeros,
+                    dot_general=flat_dot_general, name=name)
 
 
 def _layer_norm(dtype, name=None):

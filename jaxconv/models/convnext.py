@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DepthwiseConv2D, DropPath, canonical_dtype, conv2d, drop_path_rates
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 from kernels_pallas import IMPLEMENTATIONS
@@ -68,7 +69,8 @@ def layer_norm(*, dtype: Any = jnp.float32, name: str | None = None) -> nn.Layer
 
 def _linear(features: int, dtype, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=trunc_normal_init, name=name)
+                    kernel_init=trunc_normal_init, dot_general=flat_dot_general,
+                    name=name)
 
 
 def _dense_depthwise(*, features: int, kernel_size, use_bias: bool = True, dtype=jnp.float32,

@@ -47,6 +47,7 @@ from flax.traverse_util import unflatten_dict
 import kernels_pallas
 from jaxconv.layers import DepthwiseConv2D, DropPath, batch_norm, canonical_dtype, conv2d
 from jaxconv.layers import drop_path_rates
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.registry import register_model
 
 __all__ = ["CvT", "CvTAttention", "CvTBlock", "CvTStage", "MLP_ACTIVATIONS", "quick_gelu",
@@ -75,7 +76,7 @@ def _layer_norm(dtype, name):
 
 def _linear(features, dtype, name, use_bias=True):
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=trunc_normal_02, name=name)
+                    kernel_init=trunc_normal_02, dot_general=flat_dot_general, name=name)
 
 
 class ConvProjection(nn.Module):

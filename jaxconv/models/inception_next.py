@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.models.convnext import (
     _resolve_dw_conv,
@@ -56,7 +57,8 @@ __all__ = ["ConvMlp", "InceptionDWConv2d", "InceptionNeXt", "MetaNeXtBlock", "Ml
 
 def _dense(features: int, dtype, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=trunc_normal_init, name=name)
+                    kernel_init=trunc_normal_init, dot_general=flat_dot_general,
+                    name=name)
 
 
 def _conv(features: int, size: int, dtype, name: str) -> nn.Conv:

@@ -43,6 +43,7 @@ from flax.traverse_util import unflatten_dict
 
 import kernels_pallas
 from jaxconv.layers import DropPath, canonical_dtype, conv2d, drop_path_rates
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D, trunc_normal_02
 from jaxconv.models.checks import positive_ints
 from jaxconv.registry import register_model
@@ -60,7 +61,7 @@ def layer_norm(dtype, name):
 def linear(features, dtype, name):
     """NAT's nn.Linear: trunc-normal(0.02) weight, zero bias."""
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=trunc_normal_02,
-                    name=name)
+                    dot_general=flat_dot_general, name=name)
 
 
 class Mlp(nn.Module):

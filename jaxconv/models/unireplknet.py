@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
+from jaxconv.layers.conv import flat_dot_general
 from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.reparam import dilate_kernel, fold_batch_norm, pad_kernel
 from jaxconv.registry import register_model
@@ -75,7 +76,7 @@ _trunc_normal = nn.initializers.truncated_normal(0.02)
 
 def _dense(features, name, *, use_bias=True, dtype=jnp.float32):
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=_trunc_normal, name=name)
+                    kernel_init=_trunc_normal, dot_general=flat_dot_general, name=name)
 
 
 class DilatedReparamBlock(nn.Module):
