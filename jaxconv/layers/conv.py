@@ -203,6 +203,41 @@ def cpu_compiler_options() -> dict | None:
     return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
+def recompute_on_cpu(fn):
+    """``jax.checkpoint(fn)`` when the default backend is the CPU, else ``fn`` unchanged.
+
+    For cheap elementwise functions of one large activation (exact GELU): the backward pass then
+    recomputes them from their input instead of reading the intermediates the forward saved
+    (erfc's ``exp(-x^2)``, the CDF: three arrays the size of the MLP's hidden map), which on a
+    CPU costs more memory traffic than the arithmetic. Same values; forward-mode autodiff works.
+    """
+    return jax.checkpoint(fn) if jax.default_backend() == "cpu" else fn
+
+
+def recompute_module_on_cpu(cls: type[nn.Module]) -> type[nn.Module]:
+    """``nn.remat(cls)`` (the module's backward recomputes its forward from the input) when the
+    default backend is the CPU, else ``cls``. The returned class keeps ``cls``'s name, so
+    automatically named instances keep their parameter paths (``BatchNorm_0``, not
+    ``CheckpointBatchNorm_0``). Used for BatchNorm and LayerNorm: their backward then reads the
+    input and the per-channel statistics instead of the saved normalized map. Measured, 2-core
+    CPU (jax 0.10.2), interleaved train steps in one process: mobilenetv1_100 b16 128px 1.12x,
+    resnet50 1.07x (BatchNorm); convnext_tiny 1.09x (LayerNorm and GELU, with
+    :func:`recompute_on_cpu`).
+    """
+    if jax.default_backend() != "cpu":
+        return cls
+    return _RECOMPUTED.setdefault(cls, _renamed_remat(cls))
+
+
+def _renamed_remat(cls):
+    wrapped = nn.remat(cls)
+    wrapped.__name__ = wrapped.__qualname__ = cls.__name__
+    return wrapped
+
+
+_RECOMPUTED: dict = {}
+
+
 def dense(features: int, *, dtype: Any = jnp.float32, name: str | None = None) -> nn.Dense:
     """Dense layer with bias, float32 parameters, PyTorch-default kernel init and zero bias."""
     return nn.Dense(

@@ -7,6 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxconv.layers.conv import recompute_module_on_cpu
+
 #: PyTorch's BatchNorm defaults (torch momentum 0.1 == flax momentum 0.9).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -22,7 +24,9 @@ def batch_norm(
     ``dtype`` is. Note: Flax tracks the biased batch variance in ``batch_stats/var`` where PyTorch
     tracks the unbiased one; weight converters copy ``running_var`` as is.
     """
-    return nn.BatchNorm(
+    # Training on CPU: the backward recomputes the normalization (recompute_module_on_cpu).
+    cls = recompute_module_on_cpu(nn.BatchNorm) if train else nn.BatchNorm
+    return cls(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,

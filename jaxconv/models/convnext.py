@@ -33,13 +33,14 @@ i = 0..3 at strides 4, 8, 16, 32 (timm's feature stages; ConvNeXt has no stride-
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DepthwiseConv2D, DropPath, canonical_dtype, conv2d, drop_path_rates
-from jaxconv.layers.conv import flat_dot_general
+from jaxconv.layers.conv import flat_dot_general, recompute_module_on_cpu, recompute_on_cpu
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 from kernels_pallas import IMPLEMENTATIONS
@@ -63,8 +64,10 @@ LN_EPSILON = 1e-6
 
 def layer_norm(*, dtype: Any = jnp.float32, name: str | None = None) -> nn.LayerNorm:
     """LayerNorm over the channel (last) axis, eps 1e-6, two-pass variance (as PyTorch)."""
-    return nn.LayerNorm(epsilon=LN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
+    # On CPU the backward recomputes the normalization (recompute_module_on_cpu).
+    return recompute_module_on_cpu(nn.LayerNorm)(
+        epsilon=LN_EPSILON, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False,
+        name=name)
 
 
 def _linear(features: int, dtype, name: str) -> nn.Dense:
@@ -105,7 +108,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = _linear(self.hidden_features, self.dtype, "fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = recompute_on_cpu(functools.partial(nn.gelu, approximate=False))(x)
         return _linear(self.out_features, self.dtype, "fc2")(x)
 
 

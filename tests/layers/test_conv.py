@@ -166,7 +166,7 @@ def _dot_contractions(jaxpr) -> list[int]:
         if eqn.primitive.name == "dot_general":
             (lhs_contract, _), _ = eqn.params["dimension_numbers"]
             found.append(len(lhs_contract))
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             found += _dot_contractions(sub)
     return found
 
