@@ -86,7 +86,8 @@ def bench_model(name: str, *, batch_size: int, image_size: int | None, dtype: st
     train_s = analysis.median_seconds(lambda s, b: compiled(s, b)[1]["loss"], state, batch, repeats=repeats)
 
     variables = {"params": state.params, **state.model_state}
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                    compiler_options=cpu_compiler_options())
     infer_s = analysis.median_seconds(infer, variables, batch["image"], repeats=repeats)
     return {
         "device": analysis.device_name(), "model": name,

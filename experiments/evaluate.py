@@ -27,6 +27,7 @@ device); --output also writes it (local or gs://). Bad flags fail before any wei
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -218,6 +219,7 @@ def evaluate(p: _Plan, *, num_threads: int | None = None, log=print) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxconv import data  # pylint: disable=g-import-not-at-top
   from jaxconv.train.steps import resize_images  # pylint: disable=g-import-not-at-top
+  from jaxconv.layers.conv import cpu_compiler_options  # pylint: disable=g-import-not-at-top
 
   src = data.get_source(p.dataset, p.split, data_dir=p.data_dir)
   info = src.info
@@ -227,7 +229,7 @@ def evaluate(p: _Plan, *, num_threads: int | None = None, log=print) -> dict:
   k = min(5, info.num_classes)
   image_size = p.image_size
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=cpu_compiler_options())
   def counts(variables, images, labels, mask):
     logits = model.apply(variables, resize_images(images, image_size), train=False)
     if isinstance(logits, (tuple, list)):

@@ -189,7 +189,10 @@ def conv2d(
 #: at ResNet-20/50 shapes (forward and input gradient equal); whole train steps: resnet20 b128
 #: 1.19x wall / 1.18x CPU time, resnet50 b16 128px 1.11x / 1.04x (load ~3), convnext_tiny and
 #: mobilenetv1_100 1.00x (load ~4); turning YNNPACK off entirely cost resnet50 1.6x more. Measured on the loaded 2-core CPU (jax 0.10.2) with ``python -m
-#: experiments.profile_cpu --compare``; not applied by this module (options are per compile:
+#: experiments.profile_cpu --compare``. Inference (quiet machine, interleaved): resnet20 b128
+#: 1.28x, resnet50 1.09x, mobilenetv1_100 1.14x, convnext_tiny 1.00x; so the training loop's
+#: train and eval steps, ``experiments.evaluate`` and ``experiments.bench`` all compile with
+#: them. Not applied by this module (options are per compile:
 #: ``jax.jit(step, compiler_options=cpu_compiler_options())``).
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":

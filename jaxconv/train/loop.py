@@ -268,7 +268,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          compiler_options=cpu_compiler_options())
     eval_step = jax.jit(make_eval_step(model, num_classes=info.num_classes,
                                        image_size=config.image_size, task=info.task),
-                        in_shardings=(state_sh, batch_sh), out_shardings=repl)
+                        in_shardings=(state_sh, batch_sh), out_shardings=repl,
+                        compiler_options=cpu_compiler_options())
     # Trace and run with the mesh as context mesh: ops that run per batch shard (Pallas kernels
     # under shard_map, kernels_pallas.core.shard_batch) look it up when jit traces them.
     train_step, eval_step = _in_mesh(mesh, train_step), _in_mesh(mesh, eval_step)

@@ -252,3 +252,21 @@ def test_unprepared_tfds_dataset_fails_fast(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "error: " in result.stderr
     assert time.time() - start < 60
+
+
+def test_train_and_eval_steps_compile_with_the_cpu_options(tmp_path, monkeypatch):
+    """Both jitted steps get ``cpu_compiler_options()`` (Eigen convolutions on CPU): inference
+    with them measured 1.09-1.28x faster (resnet20/50, mobilenet; jaxconv.layers.conv)."""
+    from jaxconv.train import loop
+
+    marker = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    monkeypatch.setattr(loop, "cpu_compiler_options", lambda: dict(marker))
+    seen, jit = [], jax.jit
+
+    def spy(fn, *args, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return jit(fn, *args, **kwargs)
+    monkeypatch.setattr(loop.jax, "jit", spy)
+    train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2,
+                                         checkpoint_every_steps=0), str(tmp_path / "w"))
+    assert seen.count(marker) >= 2, seen
