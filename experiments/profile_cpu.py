@@ -10,7 +10,8 @@
         --compiler_option xla_cpu_experimental_ynn_fusion_type=  # no YNNPACK fusions at all
 
 jaxconv side: the SGD train step ``experiments.bench`` times (``make_train_step``, momentum
-0.9), compiled once, run ``--steps`` times under ``jax.profiler.trace``. XLA:CPU records one
+0.9), compiled once with bench's options (``CPU_COMPILER_OPTIONS``; ``--xla_defaults``: XLA's
+own), run ``--steps`` times under ``jax.profiler.trace``. XLA:CPU records one
 trace event per executed thunk (a fusion, a convolution, a loop...), named by its HLO
 instruction; each is classified from the compiled HLO (its opcode, the ops fused into it, and
 the ``op_name`` metadata JAX writes: ``transpose(jvp(...))`` marks the backward pass):
@@ -488,7 +489,11 @@ def main(argv=None) -> dict:
                         help="model field=value (Python literal), e.g. scan_blocks=False")
     parser.add_argument("--compiler_option", action="append", default=[],
                         help="XLA option=value for the step's compile, e.g. "
-                             "xla_cpu_experimental_ynn_fusion_type= (empty: no YNNPACK fusions)")
+                             "xla_cpu_experimental_ynn_fusion_type= (empty: no YNNPACK fusions); "
+                             "default: jaxconv.layers.conv.CPU_COMPILER_OPTIONS, the options "
+                             "experiments.bench and the training loop compile with")
+    parser.add_argument("--xla_defaults", action="store_true",
+                        help="profile the step compiled with XLA's default options instead")
     parser.add_argument("--compare", action="store_true",
                         help="instead of profiling: the step with and without the "
                              "--compiler_option values, timed in turn (--steps rounds)")
@@ -544,6 +549,9 @@ def main(argv=None) -> dict:
                               args.compare_without)
         print(json.dumps(row))
         return row
+    if not options and not args.xla_defaults:  # the step experiments.bench times
+        from jaxconv.layers.conv import CPU_COMPILER_OPTIONS
+        options = dict(CPU_COMPILER_OPTIONS)
     jx = profile_jax(args.model, batch, size, args.steps, overrides, options, args.hlo_out)
     th = None
     if args.torch_python:

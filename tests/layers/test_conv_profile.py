@@ -129,3 +129,16 @@ def test_cpu_compiler_options_keep_convolutions_out_of_ynnpack():
         assert not ("convolution" in ops and "ynn" in name), name
     for a, b in zip(ours(x, w), lowered.compile()(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_profile_defaults_to_the_options_bench_compiles_with(monkeypatch):
+    """Without --compiler_option the profiled step is the one experiments.bench times (compiled
+    with CPU_COMPILER_OPTIONS); --xla_defaults profiles XLA's own options."""
+    seen = []
+    monkeypatch.setattr(profile_cpu, "profile_jax",
+                        lambda *args, **kwargs: seen.append(args[5]) or {})
+    monkeypatch.setattr(profile_cpu, "print_report", lambda *args: None)
+    profile_cpu.main(["--model", "resnet20"])
+    profile_cpu.main(["--model", "resnet20", "--xla_defaults"])
+    profile_cpu.main(["--model", "resnet20", "--compiler_option", "xla_cpu_prefer_vector_width=512"])
+    assert seen == [conv.CPU_COMPILER_OPTIONS, {}, {"xla_cpu_prefer_vector_width": "512"}]
