@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxconv.layers.conv import exact_gelu
 from jaxconv.layers.dtypes import canonical_dtype
 from jaxconv.models.checks import check_choice, check_rate, positive_ints
 from kernels_pallas.fft_conv import fft_conv
@@ -112,7 +113,7 @@ class _ConvHead(nn.Module):
 
     @nn.compact
     def __call__(self, y, train: bool):
-        y = nn.gelu(y, approximate=False)
+        y = exact_gelu(y)
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
         width = self.features * (2 if self.postact == "glu" else 1)
         y = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name="output_linear")(y)

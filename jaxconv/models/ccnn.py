@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers.ckconv import KERNEL_NETS, CKConv, kaiming_normal
+from jaxconv.layers.conv import exact_gelu
 from jaxconv.layers.dtypes import canonical_dtype
 from jaxconv.layers.norm import batch_norm
 from jaxconv.models.checks import check_choice, check_rate, positive_ints
@@ -56,11 +57,11 @@ class CCNNBlock(nn.Module):
     def __call__(self, x):
         width = x.shape[-1]
         y = batch_norm(self.train, dtype=self.dtype, name="norm")(x)
-        y = nn.gelu(self.conv(width, name="conv")(y), approximate=False)
+        y = exact_gelu(self.conv(width, name="conv")(y))
         # Channel dropout (PyTorch Dropout1d/2d): one draw per example and channel.
         y = nn.Dropout(self.dropout_rate, broadcast_dims=tuple(range(1, x.ndim - 1)),
                        deterministic=not self.train)(y)
-        y = nn.gelu(_linear(width, self.dtype, "linear")(y), approximate=False)
+        y = exact_gelu(_linear(width, self.dtype, "linear")(y))
         return x + y
 
 
@@ -138,7 +139,7 @@ class CCNN(nn.Module):
                                dtype=self.dtype)
         y = nn.Dropout(self.dropout_in, deterministic=not train)(jnp.asarray(x, self.dtype))
         y = self._conv()(self.hidden, name="conv1")(y)
-        y = nn.gelu(batch_norm(train, dtype=self.dtype, name="norm1")(y), approximate=False)
+        y = exact_gelu(batch_norm(train, dtype=self.dtype, name="norm1")(y))
         self.sow("intermediates", "stage0", y)
         for i in range(self.num_blocks):
             y = CCNNBlock(self._conv(), self.dropout_rate, self.dtype, train, name=f"blocks_{i}")(y)

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from jaxconv.layers import (DepthwiseConv2D, DropPath, batch_norm, canonical_dtype, conv2d,
                             drop_path_rates)
 from jaxconv.layers.attention import ATTENTION_IMPLEMENTATIONS, MultiHeadAttention
-from jaxconv.layers.conv import flat_dot_general
+from jaxconv.layers.conv import exact_gelu, flat_dot_general, recompute_module_on_cpu
 from jaxconv.registry import register_model
 
 __all__ = ["STYLES", "CoAtNet", "MBConvBlock", "TransformerBlock", "make_divisible"]
@@ -92,7 +92,7 @@ STYLES = {
 _ACTIVATIONS = {
     "silu": nn.silu,
     "relu": nn.relu,
-    "gelu": lambda x: nn.gelu(x, approximate=False),  # torch.nn.GELU: the exact erf form
+    "gelu": exact_gelu,  # torch.nn.GELU: the exact erf form
 }
 
 # Initialisers (timm's "vit_eff" scheme, for training from scratch): convs normal with
@@ -119,8 +119,9 @@ def _dense(features, *, use_bias=True, dtype, kernel_init=_conv_init, name=None)
 
 
 def _layer_norm(dtype, name=None):
-    return nn.LayerNorm(epsilon=LN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)
+    return recompute_module_on_cpu(nn.LayerNorm)(
+        epsilon=LN_EPSILON, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False,
+        name=name)
 
 
 class Downsample(nn.Module):

@@ -33,14 +33,13 @@ i = 0..3 at strides 4, 8, 16, 32 (timm's feature stages; ConvNeXt has no stride-
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DepthwiseConv2D, DropPath, canonical_dtype, conv2d, drop_path_rates
-from jaxconv.layers.conv import flat_dot_general, recompute_module_on_cpu, recompute_on_cpu
+from jaxconv.layers.conv import exact_gelu, flat_dot_general, recompute_module_on_cpu
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.registry import register_model
 from kernels_pallas import IMPLEMENTATIONS
@@ -108,7 +107,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = _linear(self.hidden_features, self.dtype, "fc1")(x)
-        x = recompute_on_cpu(functools.partial(nn.gelu, approximate=False))(x)
+        x = exact_gelu(x)
         return _linear(self.out_features, self.dtype, "fc2")(x)
 
 

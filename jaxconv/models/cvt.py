@@ -47,7 +47,7 @@ from flax.traverse_util import unflatten_dict
 import kernels_pallas
 from jaxconv.layers import DepthwiseConv2D, DropPath, batch_norm, canonical_dtype, conv2d
 from jaxconv.layers import drop_path_rates
-from jaxconv.layers.conv import flat_dot_general
+from jaxconv.layers.conv import exact_gelu, flat_dot_general, recompute_module_on_cpu
 from jaxconv.registry import register_model
 
 __all__ = ["CvT", "CvTAttention", "CvTBlock", "CvTStage", "MLP_ACTIVATIONS", "quick_gelu",
@@ -66,12 +66,13 @@ def quick_gelu(x):
 
 MLP_ACTIVATIONS = {
     "quick_gelu": quick_gelu,
-    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu": exact_gelu,
 }
 
 
 def _layer_norm(dtype, name):
-    return nn.LayerNorm(epsilon=LN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return recompute_module_on_cpu(nn.LayerNorm)(epsilon=LN_EPSILON, dtype=dtype,
+                                                 param_dtype=jnp.float32, name=name)
 
 
 def _linear(features, dtype, name, use_bias=True):

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
-from jaxconv.layers.conv import flat_dot_general
+from jaxconv.layers.conv import exact_gelu, flat_dot_general
 from jaxconv.models.checks import check_rate, positive_ints
 from jaxconv.models.convnext import (
     _resolve_dw_conv,
@@ -116,7 +116,7 @@ class ConvMlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = _conv(self.hidden_features, 1, self.dtype, "fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = exact_gelu(x)
         return _conv(self.out_features, 1, self.dtype, "fc2")(x)
 
 
@@ -159,7 +159,7 @@ class MlpClassifierHead(nn.Module):
     def __call__(self, x, train: bool = False):
         x = jnp.mean(x, axis=(1, 2))
         x = _dense(self.hidden_features, self.dtype, "fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = exact_gelu(x)
         x = layer_norm(dtype=self.dtype, name="norm")(x)
         x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
         return _dense(self.num_classes, self.dtype, "fc2")(x)

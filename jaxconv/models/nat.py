@@ -43,7 +43,7 @@ from flax.traverse_util import unflatten_dict
 
 import kernels_pallas
 from jaxconv.layers import DropPath, canonical_dtype, conv2d, drop_path_rates
-from jaxconv.layers.conv import flat_dot_general
+from jaxconv.layers.conv import exact_gelu, flat_dot_general, recompute_module_on_cpu
 from jaxconv.layers.neighborhood_attention import NeighborhoodAttention2D, trunc_normal_02
 from jaxconv.models.checks import positive_ints
 from jaxconv.registry import register_model
@@ -55,7 +55,8 @@ LN_EPSILON = 1e-5
 
 
 def layer_norm(dtype, name):
-    return nn.LayerNorm(epsilon=LN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return recompute_module_on_cpu(nn.LayerNorm)(epsilon=LN_EPSILON, dtype=dtype,
+                                                 param_dtype=jnp.float32, name=name)
 
 
 def linear(features, dtype, name):
@@ -73,7 +74,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         out = x.shape[-1]
-        x = nn.gelu(linear(self.hidden, self.dtype, "fc1")(x), approximate=False)
+        x = exact_gelu(linear(self.hidden, self.dtype, "fc1")(x))
         return linear(out, self.dtype, "fc2")(x)
 
 

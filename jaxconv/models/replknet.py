@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, dense, drop_path_rates
+from jaxconv.layers.conv import exact_gelu
 from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.reparam import (
     ConvBN,
@@ -168,7 +169,7 @@ class ConvFFN(nn.Module):
             out = batch_norm(train, dtype=self.dtype, name="preffn_bn")(out)
         out = ConvBN(self.internal_channels, 1, deploy=self.deploy, dtype=self.dtype,
                      name="pw1")(out, train)
-        out = nn.gelu(out, approximate=False)  # PyTorch's nn.GELU (erf)
+        out = exact_gelu(out)  # PyTorch's nn.GELU (erf)
         out = ConvBN(x.shape[-1], 1, deploy=self.deploy, dtype=self.dtype, name="pw2")(out, train)
         return x + DropPath(self.drop_path_rate)(out, deterministic=not train)
 

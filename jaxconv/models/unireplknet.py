@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxconv.layers import DropPath, batch_norm, canonical_dtype, conv2d, drop_path_rates
-from jaxconv.layers.conv import flat_dot_general
+from jaxconv.layers.conv import exact_gelu, flat_dot_general, recompute_module_on_cpu
 from jaxconv.layers.depthwise import DepthwiseConv2D
 from jaxconv.layers.reparam import dilate_kernel, fold_batch_norm, pad_kernel
 from jaxconv.registry import register_model
@@ -191,7 +191,7 @@ class UniRepLKNetBlock(nn.Module):
             y = batch_norm(train, dtype=self.dtype, name="norm")(y)
         y = SqueezeExcite(dim // 4, self.dtype, name="se")(y)
         y = _dense(self.ffn_factor * dim, "pwconv1", dtype=self.dtype)(y)
-        y = GRN(use_bias=not self.deploy, name="grn")(nn.gelu(y, approximate=False))
+        y = GRN(use_bias=not self.deploy, name="grn")(exact_gelu(y))
         y = _dense(dim, "pwconv2", use_bias=self.deploy, dtype=self.dtype)(y)
         if not self.deploy:
             y = batch_norm(train, dtype=self.dtype, name="pwconv2_bn")(y)
@@ -313,15 +313,15 @@ class UniRepLKNet(nn.Module):
                       kernel_init=_trunc_normal, name=name)
 
     def _ln(self, name):
-        return nn.LayerNorm(epsilon=_LN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                            name=name)
+        return recompute_module_on_cpu(nn.LayerNorm)(epsilon=_LN_EPSILON, dtype=self.dtype,
+                                                     param_dtype=jnp.float32, name=name)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = jnp.asarray(x, self.dtype)
         dims = self.dims
-        x = nn.gelu(self._ln("downsample_layers_0_1")(
-            self._conv(dims[0] // 2, "downsample_layers_0_0")(x)), approximate=False)
+        x = exact_gelu(self._ln("downsample_layers_0_1")(
+            self._conv(dims[0] // 2, "downsample_layers_0_0")(x)))
         x = self._ln("downsample_layers_0_4")(self._conv(dims[0], "downsample_layers_0_3")(x))
         rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
         first = 0
