@@ -236,15 +236,14 @@ def recompute_module_on_cpu(cls: type[nn.Module]) -> type[nn.Module]:
     """
     if jax.default_backend() != "cpu":
         return cls
-    return _RECOMPUTED.setdefault(cls, _renamed_remat(cls))
+    if cls not in _RECOMPUTED:
+        wrapped = nn.remat(cls)
+        wrapped.__name__ = wrapped.__qualname__ = cls.__name__
+        _RECOMPUTED[cls] = wrapped
+    return _RECOMPUTED[cls]
 
 
-def _renamed_remat(cls):
-    wrapped = nn.remat(cls)
-    wrapped.__name__ = wrapped.__qualname__ = cls.__name__
-    return wrapped
-
-
+#: Module class -> its renamed ``nn.remat`` class (built once per class).
 _RECOMPUTED: dict = {}
 
 
