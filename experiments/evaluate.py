@@ -218,8 +218,8 @@ def evaluate(p: _Plan, *, num_threads: int | None = None, log=print) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxconv import data  # pylint: disable=g-import-not-at-top
-  from jaxconv.train.steps import resize_images  # pylint: disable=g-import-not-at-top
   from jaxconv.layers.conv import cpu_compiler_options  # pylint: disable=g-import-not-at-top
+  from jaxconv.train.steps import resize_images  # pylint: disable=g-import-not-at-top
 
   src = data.get_source(p.dataset, p.split, data_dir=p.data_dir)
   info = src.info

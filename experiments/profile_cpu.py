@@ -512,6 +512,7 @@ def main(argv=None) -> dict:
 
     from experiments.bench_torch import MODELS
     import jaxconv
+    from jaxconv.layers.conv import CPU_COMPILER_OPTIONS
 
     if args.model not in jaxconv.list_models():
         raise SystemExit(f"error: --model {args.model!r} is not registered; see "
@@ -543,14 +544,12 @@ def main(argv=None) -> dict:
     size = args.image_size or size
     if args.compare:
         if not options and not args.compare_without:  # the options jaxconv.layers.conv proposes
-            from jaxconv.layers.conv import CPU_COMPILER_OPTIONS
             options = dict(CPU_COMPILER_OPTIONS)
         row = compare_options(args.model, batch, size, overrides, options, args.steps,
                               args.compare_without)
         print(json.dumps(row))
         return row
     if not options and not args.xla_defaults:  # the step experiments.bench times
-        from jaxconv.layers.conv import CPU_COMPILER_OPTIONS
         options = dict(CPU_COMPILER_OPTIONS)
     jx = profile_jax(args.model, batch, size, args.steps, overrides, options, args.hlo_out)
     th = None

@@ -55,3 +55,17 @@ def assert_causal(fn, x, *, atol: float = 0.0):
                              f"(|grad| {future.max():.3g})")
     if np.tril(influence).max() == 0:
         raise AssertionError("no output depends on any input: the check would pass vacuously")
+
+
+def dot_contractions(jaxpr) -> list[tuple]:
+    """(lhs shape, lhs contracting dims, name stack) of every dot_general in a jaxpr, nested
+    jaxprs (jit, remat, scan bodies) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            found.append((eqn.invars[0].aval.shape, tuple(lhs_contract),
+                          str(eqn.source_info.name_stack)))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += dot_contractions(sub)
+    return found

@@ -267,9 +267,7 @@ def flat_matmul(x, w, precision=None):
     mobilenetv1_100 b16 128px 1.28x, resnet50 1.25x (``python -m experiments.profile_cpu``).
     Same values; a reshape on GPU/TPU, so used on every platform.
     """
-    lead = x.shape[:-1]
-    out = jnp.matmul(x.reshape(-1, x.shape[-1]), w, precision=precision)
-    return out.reshape(*lead, w.shape[-1])
+    return flat_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
 def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,

@@ -8,6 +8,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from jaxconv.layers import conv
+from tests.helpers import dot_contractions
 
 PAD1 = ((1, 1), (1, 1))
 DN = ("NHWC", "HWIO", "NHWC")
@@ -159,18 +160,6 @@ def test_strided_pointwise_conv_matches_lax(x_shape, strides, dtype):
     assert "conv_general_dilated" not in jaxpr
 
 
-def _dot_contractions(jaxpr) -> list[int]:
-    """The number of contracting dimensions of every dot_general in a (nested) jaxpr."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            found.append(len(lhs_contract))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            found += _dot_contractions(sub)
-    return found
-
-
 @pytest.mark.parametrize("make", ["pointwise", "strided_pointwise", "dense", "taps"])
 def test_matmul_paths_contract_one_dimension(make, monkeypatch):
     """The 1x1 convs cpu_conv makes matmuls, taps_conv's per-tap matmuls and the zoo's Dense
@@ -199,7 +188,7 @@ def test_matmul_paths_contract_one_dimension(make, monkeypatch):
                                  feature_group_count=groups)
         args = (x, w)
     grads = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1)))(*args)
-    contractions = _dot_contractions(grads.jaxpr)
+    contractions = [len(dims) for _, dims, _ in dot_contractions(grads.jaxpr)]
     assert contractions and set(contractions) == {1}, contractions
     if make == "dense":  # the same layer through lax.dot_general
         plain = conv.nn.Dense(7, kernel_init=conv.torch_linear_init)

@@ -7,20 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxconv
-
-
-def _wide_contractions(jaxpr) -> list[str]:
-    """dot_generals (nested jaxprs included) contracting more than one dimension of size > 1."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            shape = eqn.invars[0].aval.shape
-            if sum(shape[d] > 1 for d in lhs_contract) > 1:
-                found.append(f"{eqn.source_info.name_stack} {shape} contracting {lhs_contract}")
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            found += _wide_contractions(sub)
-    return found
+from tests.helpers import dot_contractions
 
 
 @pytest.mark.parametrize("name", ["mobilenetv1_100", "resnet50", "convnext_tiny",
@@ -41,5 +28,8 @@ def test_train_gradient_dots_contract_one_dimension(name):
             return jnp.sum(out)
         return jax.grad(loss)(variables["params"])
 
-    wide = _wide_contractions(jax.make_jaxpr(gradients)(x).jaxpr)
+    # Contracting more than one dimension of size > 1.
+    wide = [f"{stack} {shape} contracting {dims}"
+            for shape, dims, stack in dot_contractions(jax.make_jaxpr(gradients)(x).jaxpr)
+            if sum(shape[d] > 1 for d in dims) > 1]
     assert not wide, "\n".join(wide[:5])
